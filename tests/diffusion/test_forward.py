@@ -69,7 +69,8 @@ def test_posterior_matches_ho_eq7_and_bayes(schedule):
     )
     x0, x_t = jnp.array([[0.5]]), jnp.array([[-0.2]])
     mean, var = forward.q_posterior_mean_variance(schedule, x0, x_t, jnp.array([t]))
-    # Prior x_{t-1} ~ N(sqrt(ab_prev) x0, 1 - ab_prev); likelihood x_t ~ N(sqrt(1-beta) x_{t-1}, beta).
+    # Prior x_{t-1} ~ N(sqrt(ab_prev) x0, 1 - ab_prev);
+    # likelihood x_t ~ N(sqrt(1 - beta) x_{t-1}, beta).
     precision = 1 / (1 - ab_prev) + (1 - beta) / beta
     expected_mean = (
         np.sqrt(ab_prev) * 0.5 / (1 - ab_prev) + np.sqrt(1 - beta) * -0.2 / beta

@@ -1,0 +1,78 @@
+"""Shared defaults for every experiment; experiment files import this and override fields."""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    """Returns the default configuration; each field is used somewhere in the code base."""
+    config = ml_collections.ConfigDict()
+
+    # --- Run length and cadence ----------------------------------------------------------------
+    config.seed = 0  # Seeds parameter init, the data order, and every per-step RNG.
+    config.num_train_steps = 1000  # Optimizer steps in the whole run (resumed runs count on).
+    config.batch_size = 128  # Global batch over all processes and devices.
+    config.log_every_steps = 100  # Scalars (loss, lr, grad norm, steps/s) to TensorBoard + log.
+    config.checkpoint_every_steps = (
+        1000  # Orbax checkpoint cadence; one is also written at the end.
+    )
+    config.sample_every_steps = 1000  # EMA sample grid cadence (PNG + TensorBoard); 0 disables.
+    config.max_checkpoints_to_keep = 3  # Older checkpoints are deleted by Orbax.
+
+    # --- Data -----------------------------------------------------------------------------------
+    config.data = ml_collections.ConfigDict()
+    config.data.name = "digits"  # "digits" (embedded, scikit-learn) or "cifar10" (tfds).
+    config.data.data_dir = ""  # tfds data_dir; "" means tfds' default (~/tensorflow_datasets).
+    config.data.image_size = 8  # Height = width of the images fed to the model.
+    config.data.channels = 1  # Image channels (1 for digits, 3 for CIFAR-10).
+    config.data.random_flip = False  # Random horizontal flips (CIFAR-10 yes; digits no).
+    config.data.shuffle_buffer = 10_000  # tf.data shuffle buffer (tfds sources only).
+
+    # --- Diffusion process ----------------------------------------------------------------------
+    config.diffusion = ml_collections.ConfigDict()
+    config.diffusion.schedule = "linear"  # "linear" | "cosine" | "scaled_linear".
+    config.diffusion.num_timesteps = 1000  # T, the number of discrete noise levels.
+    config.diffusion.beta_start = 1e-4  # beta_1 for linear / scaled_linear.
+    config.diffusion.beta_end = 0.02  # beta_T for linear / scaled_linear.
+    config.diffusion.prediction = "eps"  # What the network predicts: "eps" | "x0" | "v".
+
+    # --- Network --------------------------------------------------------------------------------
+    config.model = ml_collections.ConfigDict()
+    config.model.name = "unet"  # Backbone from models/registry.py.
+    config.model.base_channels = 128  # Channels at the highest resolution.
+    config.model.channel_mult = (
+        1,
+        2,
+        2,
+        2,
+    )  # Per-level multipliers; each level after the first halves.
+    config.model.num_res_blocks = 2  # ResBlocks per level on the way down.
+    config.model.attention_resolutions = (16,)  # Feature-map sizes that get self-attention.
+    config.model.num_heads = 1  # Heads of each self-attention layer.
+    config.model.dropout = 0.1  # Dropout inside ResBlocks (training only).
+    config.model.num_groups = 32  # GroupNorm groups.
+
+    # --- Optimizer ------------------------------------------------------------------------------
+    config.optimizer = ml_collections.ConfigDict()
+    config.optimizer.name = "adam"  # "adam" | "adamw".
+    config.optimizer.learning_rate = 2e-4  # Peak learning rate after warmup.
+    config.optimizer.warmup_steps = 5000  # Linear warmup from 0 to the peak.
+    config.optimizer.b1 = 0.9  # Adam beta1.
+    config.optimizer.b2 = 0.999  # Adam beta2.
+    config.optimizer.eps = 1e-8  # Adam epsilon.
+    config.optimizer.weight_decay = 0.0  # Decoupled weight decay (adamw only).
+    config.optimizer.grad_clip_norm = 1.0  # Global-norm gradient clipping; 0 disables.
+    config.optimizer.ema_decay = 0.9999  # EMA of parameters used for sampling.
+
+    # --- Sampling -------------------------------------------------------------------------------
+    config.sampler = ml_collections.ConfigDict()
+    config.sampler.name = "ddim"  # "ddpm" | "ddim".
+    config.sampler.num_steps = 100  # Reverse steps (ddpm always uses all T).
+    config.sampler.eta = 0.0  # DDIM stochasticity: 0 is deterministic, 1 matches DDPM's variance.
+    config.sampler.num_samples = 64  # Images in each sample grid.
+    config.sampler.clip_x0 = True  # Clip predicted x0 to the data range [-1, 1] (Ho et al. 2020).
+
+    # --- Device mesh ----------------------------------------------------------------------------
+    config.mesh = ml_collections.ConfigDict()
+    config.mesh.data = -1  # Data-parallel axis size; -1 takes all devices left over.
+    config.mesh.fsdp = 1  # Parameter-sharding axis size (1 = parameters replicated).
+    return config

@@ -1,0 +1,150 @@
+"""The one module that knows the device mesh: mesh from config, logical-axis rules, shardings."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import jax
+import numpy as np
+from jax.experimental import mesh_utils
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+MESH_AXES = ("data", "fsdp")
+# The batch dimension is split over every mesh axis that holds a copy of the computation.
+BATCH_AXES = ("data", "fsdp")
+
+# Logical parameter axis names (declared by models/) -> mesh axis, used when fsdp > 1. Names are
+# tried in order; a mesh axis is used once per parameter, and a dimension the axis size does not
+# divide stays unsharded, so every parameter gets the largest shardable layout the rules allow.
+FSDP_RULES: tuple[tuple[str, str], ...] = (
+    ("conv_out", "fsdp"),
+    ("mlp", "fsdp"),
+    ("heads", "fsdp"),
+    ("embed", "fsdp"),
+    ("conv_in", "fsdp"),
+    ("classes", "fsdp"),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+    """Sizes of the mesh axes; -1 means "all devices not used by the other axes"."""
+
+    data: int = -1
+    fsdp: int = 1
+
+    def axis_sizes(self, num_devices: int) -> dict[str, int]:
+        """Resolves -1 and checks the product equals the device count."""
+        sizes = {"data": self.data, "fsdp": self.fsdp}
+        for name, size in sizes.items():
+            if size == 0 or size < -1:
+                raise ValueError(f"mesh.{name}={size} is invalid: use a positive size or -1.")
+        fill = [name for name, size in sizes.items() if size == -1]
+        if len(fill) > 1:
+            raise ValueError(f"mesh: at most one axis may be -1, got {fill}.")
+        known = int(np.prod([s for s in sizes.values() if s != -1]))
+        if fill:
+            if num_devices % known:
+                raise ValueError(
+                    f"mesh: the fixed axes {sizes} use {known} devices, which does not divide "
+                    f"the {num_devices} available devices."
+                )
+            sizes[fill[0]] = num_devices // known
+        if int(np.prod(list(sizes.values()))) != num_devices:
+            raise ValueError(
+                f"mesh: axis sizes {sizes} multiply to {int(np.prod(list(sizes.values())))}, "
+                f"but there are {num_devices} devices; set one axis to -1 or make them match."
+            )
+        return sizes
+
+
+def make_mesh(config: MeshConfig, devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """Builds the ('data', 'fsdp') mesh over all global devices, following the physical topology."""
+    devices = list(jax.devices() if devices is None else devices)
+    sizes = config.axis_sizes(len(devices))
+    shape = tuple(sizes[name] for name in MESH_AXES)
+    try:
+        device_array = mesh_utils.create_device_mesh(shape, devices=devices)
+    except (AssertionError, NotImplementedError, ValueError):
+        # CPU and odd slices have no topology to follow: a plain reshape is as good as any.
+        device_array = np.asarray(devices).reshape(shape)
+    return Mesh(device_array, MESH_AXES)
+
+
+def num_batch_shards(mesh: Mesh) -> int:
+    """How many ways the batch dimension is split."""
+    return int(np.prod([mesh.shape[axis] for axis in BATCH_AXES]))
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """Leading (batch) dimension split over the data-parallel axes, the rest replicated."""
+    return NamedSharding(mesh, PartitionSpec(BATCH_AXES))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    """Every device holds the whole array."""
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def logical_to_mesh_spec(
+    logical: PartitionSpec | None,
+    shape: tuple[int, ...],
+    mesh: Mesh,
+    rules: Sequence[tuple[str, str]],
+) -> PartitionSpec:
+    """Maps a parameter's logical axis names to mesh axes under `rules` (see FSDP_RULES)."""
+    if logical is None or not rules:
+        return PartitionSpec()
+    names = tuple(logical) + (None,) * (len(shape) - len(tuple(logical)))
+    spec: list[str | None] = [None] * len(shape)
+    used: set[str] = set()
+    for logical_name, mesh_axis in rules:
+        if mesh_axis in used or mesh.shape.get(mesh_axis, 1) == 1:
+            continue
+        for dim, name in enumerate(names):
+            if (
+                name == logical_name
+                and spec[dim] is None
+                and shape[dim] % mesh.shape[mesh_axis] == 0
+            ):
+                spec[dim] = mesh_axis
+                used.add(mesh_axis)
+                break
+    return PartitionSpec(*spec)
+
+
+def param_shardings(abstract_params, logical_specs, mesh: Mesh, rules: Sequence[tuple[str, str]]):
+    """NamedShardings for a parameter tree, from its shapes and its logical PartitionSpecs."""
+    return jax.tree.map(
+        lambda leaf, logical: NamedSharding(
+            mesh, logical_to_mesh_spec(logical, tuple(leaf.shape), mesh, rules)
+        ),
+        abstract_params,
+        logical_specs,
+        is_leaf=lambda x: x is None,
+    )
+
+
+def rules_for(mesh: Mesh) -> tuple[tuple[str, str], ...]:
+    """The logical-axis rules this mesh uses: FSDP rules when it has an fsdp axis of size > 1."""
+    return FSDP_RULES if mesh.shape["fsdp"] > 1 else ()
+
+
+def shard_like_params(tree, params_sharding, params_structure, mesh: Mesh):
+    """Shardings for an optimizer-state tree: subtrees shaped like the params get theirs."""
+
+    def assign(subtree):
+        if jax.tree.structure(subtree) == params_structure:
+            return params_sharding
+        return jax.tree.map(lambda _: replicated(mesh), subtree)
+
+    return jax.tree.map(assign, tree, is_leaf=lambda x: jax.tree.structure(x) == params_structure)
+
+
+def host_batch_to_global(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+    """Assembles this process's part of the batch into global arrays sharded on the batch axes."""
+    sharding = batch_sharding(mesh)
+    return {
+        key: jax.make_array_from_process_local_data(sharding, value) for key, value in batch.items()
+    }

@@ -1,0 +1,1 @@
+"""The training loop: wires diffusion math, networks, data and sharding together."""

@@ -1,0 +1,269 @@
+"""U-Net building blocks: timestep embedding, ResBlock, attention, resampling.
+
+Every parameter carries logical axis names (see `sharding.py`): conv kernels
+(None, None, 'conv_in', 'conv_out'), dense kernels ('embed', 'mlp'), attention projections
+('embed', 'heads') / ('heads', 'embed'), norms ('norm',). Images are NHWC.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+# Ho et al. 2020 initialise with variance scaling over fan_avg (Glorot/Xavier uniform).
+default_kernel_init = nnx.initializers.xavier_uniform()
+zeros = nnx.initializers.zeros_init()
+ones = nnx.initializers.ones_init()
+
+CONV_AXES = (None, None, "conv_in", "conv_out")
+DENSE_AXES = ("embed", "mlp")
+
+
+def partitioned(init, names: tuple[str | None, ...]):
+    """An initializer whose parameter carries logical axis names for the sharding rules."""
+    return nnx.with_partitioning(init, names, eager_sharding=False)
+
+
+def timestep_embedding(t: jax.Array, dim: int, max_period: float = 10_000.0) -> jax.Array:
+    """Sinusoidal embedding [B, dim] of (possibly fractional) timesteps t [B].
+
+    Transformer position encoding as used by Ho et al. 2020 (their `get_timestep_embedding`):
+    frequencies exp(-ln(max_period) * i / (half - 1)), i = 0..half-1, output [sin, cos].
+    """
+    half = dim // 2
+    freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / (half - 1))
+    angles = t.astype(jnp.float32)[:, None] * freqs[None, :]
+    embedding = jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=-1)
+    if dim % 2:
+        embedding = jnp.pad(embedding, ((0, 0), (0, 1)))
+    return embedding
+
+
+def conv(
+    in_channels: int,
+    out_channels: int,
+    *,
+    kernel: int = 3,
+    stride: int = 1,
+    zero_init: bool = False,
+    dtype=jnp.float32,
+    rngs: nnx.Rngs,
+) -> nnx.Conv:
+    """A square conv with 'SAME' padding and named kernel/bias axes."""
+    return nnx.Conv(
+        in_channels,
+        out_channels,
+        kernel_size=(kernel, kernel),
+        strides=(stride, stride),
+        padding="SAME",
+        kernel_init=partitioned(zeros if zero_init else default_kernel_init, CONV_AXES),
+        bias_init=partitioned(zeros, ("conv_out",)),
+        dtype=dtype,
+        rngs=rngs,
+    )
+
+
+def dense(
+    in_features: int,
+    out_features: int,
+    *,
+    axes: tuple[str, str] = DENSE_AXES,
+    zero_init: bool = False,
+    dtype=jnp.float32,
+    rngs: nnx.Rngs,
+) -> nnx.Linear:
+    """A Linear layer with named kernel/bias axes."""
+    return nnx.Linear(
+        in_features,
+        out_features,
+        kernel_init=partitioned(zeros if zero_init else default_kernel_init, axes),
+        bias_init=partitioned(zeros, (axes[1],)),
+        dtype=dtype,
+        rngs=rngs,
+    )
+
+
+def group_norm(channels: int, num_groups: int, *, dtype=jnp.float32, rngs: nnx.Rngs):
+    """GroupNorm with eps 1e-6 (as in Ho et al.'s TensorFlow code)."""
+    return nnx.GroupNorm(
+        channels,
+        num_groups=num_groups,
+        epsilon=1e-6,
+        scale_init=partitioned(ones, ("norm",)),
+        bias_init=partitioned(zeros, ("norm",)),
+        dtype=dtype,
+        rngs=rngs,
+    )
+
+
+class TimestepMLP(nnx.Module):
+    """Sinusoidal features of t followed by Linear-SiLU-Linear (Ho et al. 2020)."""
+
+    def __init__(self, base_channels: int, embed_dim: int, *, dtype=jnp.float32, rngs: nnx.Rngs):
+        self.base_channels = base_channels
+        self.dense_in = dense(base_channels, embed_dim, dtype=dtype, rngs=rngs)
+        self.dense_out = dense(embed_dim, embed_dim, dtype=dtype, rngs=rngs)
+
+    def __call__(self, t: jax.Array) -> jax.Array:
+        h = timestep_embedding(t, self.base_channels)
+        return self.dense_out(nnx.silu(self.dense_in(h)))
+
+
+class ResBlock(nnx.Module):
+    """GroupNorm-SiLU-conv, + projected timestep embedding, GroupNorm-SiLU-dropout-conv, + skip."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        embed_dim: int,
+        *,
+        num_groups: int,
+        dropout: float,
+        dtype=jnp.float32,
+        rngs: nnx.Rngs,
+    ):
+        self.norm1 = group_norm(in_channels, num_groups, dtype=dtype, rngs=rngs)
+        self.conv1 = conv(in_channels, out_channels, dtype=dtype, rngs=rngs)
+        self.embed_proj = dense(embed_dim, out_channels, dtype=dtype, rngs=rngs)
+        self.norm2 = group_norm(out_channels, num_groups, dtype=dtype, rngs=rngs)
+        self.dropout = nnx.Dropout(dropout, rngs=rngs)
+        # Zero-initialised last conv: each block starts as the identity (Dhariwal & Nichol 2021).
+        self.conv2 = conv(out_channels, out_channels, zero_init=True, dtype=dtype, rngs=rngs)
+        self.skip = (
+            conv(in_channels, out_channels, kernel=1, dtype=dtype, rngs=rngs)
+            if in_channels != out_channels
+            else None
+        )
+
+    def __call__(self, x: jax.Array, embedding: jax.Array) -> jax.Array:
+        h = self.conv1(nnx.silu(self.norm1(x)))
+        h = h + self.embed_proj(nnx.silu(embedding))[:, None, None, :]
+        h = self.conv2(self.dropout(nnx.silu(self.norm2(h))))
+        return (x if self.skip is None else self.skip(x)) + h
+
+
+class AttentionBlock(nnx.Module):
+    """Residual multi-head self-attention over H*W positions, optionally then cross-attention.
+
+    Cross-attention (queries from the image, keys/values from `context` [B, L, context_dim]) is the
+    text-conditioning path of Rombach et al. 2022; `context_mask` [B, L] marks real tokens.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        *,
+        num_heads: int,
+        num_groups: int,
+        context_dim: int | None = None,
+        dtype=jnp.float32,
+        rngs: nnx.Rngs,
+    ):
+        self.num_heads = num_heads
+        self.norm = group_norm(channels, num_groups, dtype=dtype, rngs=rngs)
+        qkv = dict(axes=("embed", "heads"), dtype=dtype, rngs=rngs)
+        self.query = dense(channels, channels, **qkv)
+        self.key = dense(channels, channels, **qkv)
+        self.value = dense(channels, channels, **qkv)
+        self.out = dense(
+            channels, channels, axes=("heads", "embed"), zero_init=True, dtype=dtype, rngs=rngs
+        )
+        self.cross = (
+            CrossAttention(
+                channels,
+                context_dim,
+                num_heads=num_heads,
+                num_groups=num_groups,
+                dtype=dtype,
+                rngs=rngs,
+            )
+            if context_dim is not None
+            else None
+        )
+
+    def __call__(
+        self,
+        x: jax.Array,
+        context: jax.Array | None = None,
+        context_mask: jax.Array | None = None,
+    ) -> jax.Array:
+        batch, height, width, channels = x.shape
+        h = self.norm(x).reshape(batch, height * width, channels)
+        attended = attention(self.query(h), self.key(h), self.value(h), self.num_heads)
+        x = x + self.out(attended).reshape(x.shape)
+        if self.cross is not None and context is not None:
+            x = self.cross(x, context, context_mask)
+        return x
+
+
+class CrossAttention(nnx.Module):
+    """Residual attention from image positions to context tokens."""
+
+    def __init__(
+        self,
+        channels: int,
+        context_dim: int,
+        *,
+        num_heads: int,
+        num_groups: int,
+        dtype=jnp.float32,
+        rngs: nnx.Rngs,
+    ):
+        self.num_heads = num_heads
+        self.norm = group_norm(channels, num_groups, dtype=dtype, rngs=rngs)
+        self.query = dense(channels, channels, axes=("embed", "heads"), dtype=dtype, rngs=rngs)
+        self.key = dense(context_dim, channels, axes=("embed", "heads"), dtype=dtype, rngs=rngs)
+        self.value = dense(context_dim, channels, axes=("embed", "heads"), dtype=dtype, rngs=rngs)
+        self.out = dense(
+            channels, channels, axes=("heads", "embed"), zero_init=True, dtype=dtype, rngs=rngs
+        )
+
+    def __call__(
+        self, x: jax.Array, context: jax.Array, context_mask: jax.Array | None = None
+    ) -> jax.Array:
+        batch, height, width, channels = x.shape
+        h = self.norm(x).reshape(batch, height * width, channels)
+        mask = None if context_mask is None else context_mask[:, None, None, :].astype(bool)
+        attended = attention(
+            self.query(h), self.key(context), self.value(context), self.num_heads, mask
+        )
+        return x + self.out(attended).reshape(x.shape)
+
+
+def attention(
+    query: jax.Array,
+    key: jax.Array,
+    value: jax.Array,
+    num_heads: int,
+    mask: jax.Array | None = None,
+) -> jax.Array:
+    """Scaled dot-product attention [B, T, C] x [B, S, C] -> [B, T, C] split into heads."""
+    batch, length, channels = query.shape
+    head_dim = channels // num_heads
+    split = lambda a: a.reshape(a.shape[0], a.shape[1], num_heads, head_dim)  # noqa: E731
+    out = jax.nn.dot_product_attention(split(query), split(key), split(value), mask=mask)
+    return out.reshape(batch, length, channels)
+
+
+class Downsample(nnx.Module):
+    """3x3 conv with stride 2 (TensorFlow 'SAME' padding, as Ho et al.)."""
+
+    def __init__(self, channels: int, *, dtype=jnp.float32, rngs: nnx.Rngs):
+        self.conv = conv(channels, channels, stride=2, dtype=dtype, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.conv(x)
+
+
+class Upsample(nnx.Module):
+    """Nearest-neighbour x2 then a 3x3 conv."""
+
+    def __init__(self, channels: int, *, dtype=jnp.float32, rngs: nnx.Rngs):
+        self.conv = conv(channels, channels, dtype=dtype, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.conv(jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2))

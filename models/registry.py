@@ -1,0 +1,47 @@
+"""Explicit name -> backbone table; turns `config.model` into a typed config and a builder."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from flax import nnx
+
+from models.unet import UNet, UNetConfig
+
+MODELS: dict[str, tuple[type, type]] = {"unet": (UNet, UNetConfig)}
+
+
+def make_model_config(
+    model_cfg: Mapping[str, Any],
+    *,
+    image_size: int,
+    channels: int,
+    num_classes: int | None = None,
+    context_dim: int | None = None,
+) -> UNetConfig:
+    """A validated typed model config from `config.model` and the data shape."""
+    fields = dict(model_cfg)
+    name = fields.pop("name")
+    if name not in MODELS:
+        raise ValueError(f"model.name={name!r} is not known; allowed: {', '.join(MODELS)}")
+    _, config_cls = MODELS[name]
+    for key in ("channel_mult", "attention_resolutions"):
+        if key in fields:
+            fields[key] = tuple(fields[key])
+    config = config_cls(
+        image_size=image_size,
+        in_channels=channels,
+        out_channels=channels,
+        num_classes=num_classes,
+        context_dim=context_dim,
+        **fields,
+    )
+    config.validate()
+    return config
+
+
+def build_model(model_config: UNetConfig) -> Callable[[nnx.Rngs], nnx.Module]:
+    """A builder `rngs -> network` for functionalize / init_params."""
+    model_cls = next(cls for cls, cfg_cls in MODELS.values() if isinstance(model_config, cfg_cls))
+    return lambda rngs: model_cls(model_config, rngs=rngs)

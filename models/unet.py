@@ -1,0 +1,197 @@
+"""The DDPM / ADM-style U-Net (Ho et al. 2020, appendix B; Dhariwal & Nichol 2021)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from models import layers
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+@dataclasses.dataclass(frozen=True)
+class UNetConfig:
+    """Typed view of `config.model` plus the data shape and optional conditioning."""
+
+    image_size: int = 32
+    in_channels: int = 3
+    out_channels: int = 3
+    base_channels: int = 128
+    channel_mult: tuple[int, ...] = (1, 2, 2, 2)
+    num_res_blocks: int = 2
+    attention_resolutions: tuple[int, ...] = (16,)
+    num_heads: int = 1
+    dropout: float = 0.1
+    num_groups: int = 32
+    num_classes: int | None = None  # class-conditional when set; index num_classes = "no class"
+    context_dim: int | None = None  # cross-attention to text tokens when set
+    dtype: str = "float32"
+
+    @property
+    def resolutions(self) -> tuple[int, ...]:
+        """Feature-map size at each level."""
+        return tuple(self.image_size // 2**level for level in range(len(self.channel_mult)))
+
+    def validate(self) -> None:
+        """Raises ValueError naming the bad field before anything is built or compiled."""
+        levels = len(self.channel_mult)
+        if levels < 1 or any(m < 1 for m in self.channel_mult):
+            raise ValueError(f"model.channel_mult={self.channel_mult} needs >= 1 positive entries.")
+        halvings = levels - 1
+        if self.image_size < 1 or self.image_size % 2**halvings:
+            raise ValueError(
+                f"data.image_size={self.image_size} cannot be halved {halvings} times "
+                f"(model.channel_mult={self.channel_mult} has {levels} levels); use a multiple "
+                f"of {2**halvings} or fewer levels."
+            )
+        if self.num_res_blocks < 1:
+            raise ValueError(f"model.num_res_blocks={self.num_res_blocks} must be >= 1.")
+        for mult in self.channel_mult:
+            channels = self.base_channels * mult
+            if channels % self.num_groups:
+                raise ValueError(
+                    f"model.num_groups={self.num_groups} must divide every level's channels; "
+                    f"model.base_channels * mult = {channels} is not divisible."
+                )
+            if channels % self.num_heads:
+                raise ValueError(
+                    f"model.num_heads={self.num_heads} must divide every level's channels "
+                    f"({channels})."
+                )
+        missing = [r for r in self.attention_resolutions if r not in self.resolutions]
+        if missing:
+            raise ValueError(
+                f"model.attention_resolutions={self.attention_resolutions}: {missing} never "
+                f"occur; the feature-map sizes are {self.resolutions}."
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"model.dropout={self.dropout} must be in [0, 1).")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"model.dtype={self.dtype!r} is not one of {sorted(DTYPES)}.")
+
+
+class UNet(nnx.Module):
+    """Noise-prediction U-Net: x [B, H, W, C], t [B] -> [B, H, W, out_channels]."""
+
+    def __init__(self, config: UNetConfig, *, rngs: nnx.Rngs):
+        config.validate()
+        self.config = config
+        dtype = DTYPES[config.dtype]
+        base, embed_dim = config.base_channels, 4 * config.base_channels
+        block = dict(num_groups=config.num_groups, dropout=config.dropout, dtype=dtype, rngs=rngs)
+        attn = dict(
+            num_heads=config.num_heads,
+            num_groups=config.num_groups,
+            context_dim=config.context_dim,
+            dtype=dtype,
+            rngs=rngs,
+        )
+        self.time_embed = layers.TimestepMLP(base, embed_dim, dtype=dtype, rngs=rngs)
+        self.class_embed = (
+            nnx.Embed(
+                config.num_classes + 1,
+                embed_dim,
+                embedding_init=layers.partitioned(
+                    nnx.initializers.normal(1.0), ("classes", "embed")
+                ),
+                rngs=rngs,
+            )
+            if config.num_classes is not None
+            else None
+        )
+        self.conv_in = layers.conv(config.in_channels, base, dtype=dtype, rngs=rngs)
+
+        # Down path: remember the channels of every feature map that becomes a skip connection.
+        skip_channels = [base]
+        channels = base
+        self.down_blocks = nnx.List()
+        self.down_attn = nnx.List()
+        self.downsamplers = nnx.List()
+        for level, mult in enumerate(config.channel_mult):
+            use_attn = config.resolutions[level] in config.attention_resolutions
+            for _ in range(config.num_res_blocks):
+                self.down_blocks.append(layers.ResBlock(channels, base * mult, embed_dim, **block))
+                channels = base * mult
+                self.down_attn.append(layers.AttentionBlock(channels, **attn) if use_attn else None)
+                skip_channels.append(channels)
+            if level < len(config.channel_mult) - 1:
+                self.downsamplers.append(layers.Downsample(channels, dtype=dtype, rngs=rngs))
+                skip_channels.append(channels)
+
+        self.mid_block1 = layers.ResBlock(channels, channels, embed_dim, **block)
+        self.mid_attn = layers.AttentionBlock(channels, **attn)
+        self.mid_block2 = layers.ResBlock(channels, channels, embed_dim, **block)
+
+        # Up path: num_res_blocks + 1 blocks per level, each eating one skip connection.
+        self.up_blocks = nnx.List()
+        self.up_attn = nnx.List()
+        self.upsamplers = nnx.List()
+        for level in reversed(range(len(config.channel_mult))):
+            out = base * config.channel_mult[level]
+            use_attn = config.resolutions[level] in config.attention_resolutions
+            for _ in range(config.num_res_blocks + 1):
+                skip = skip_channels.pop()
+                self.up_blocks.append(layers.ResBlock(channels + skip, out, embed_dim, **block))
+                channels = out
+                self.up_attn.append(layers.AttentionBlock(channels, **attn) if use_attn else None)
+            if level > 0:
+                self.upsamplers.append(layers.Upsample(channels, dtype=dtype, rngs=rngs))
+
+        self.norm_out = layers.group_norm(channels, config.num_groups, dtype=dtype, rngs=rngs)
+        self.conv_out = layers.conv(
+            channels, config.out_channels, zero_init=True, dtype=dtype, rngs=rngs
+        )
+
+    def __call__(
+        self,
+        x: jax.Array,
+        t: jax.Array,
+        *,
+        class_labels: jax.Array | None = None,
+        context: jax.Array | None = None,
+        context_mask: jax.Array | None = None,
+    ) -> jax.Array:
+        config = self.config
+        embedding = self.time_embed(t)  # [B, 4 * base]
+        if self.class_embed is not None:
+            if class_labels is None:  # unconditional: the reserved "no class" row
+                class_labels = jnp.full(t.shape, config.num_classes, jnp.int32)
+            embedding = embedding + self.class_embed(class_labels)
+        cond = dict(context=context, context_mask=context_mask)
+
+        h = self.conv_in(x.astype(DTYPES[config.dtype]))
+        skips = [h]
+        block_index = 0
+        for level in range(len(config.channel_mult)):
+            for _ in range(config.num_res_blocks):
+                h = self.down_blocks[block_index](h, embedding)
+                if self.down_attn[block_index] is not None:
+                    h = self.down_attn[block_index](h, **cond)
+                skips.append(h)
+                block_index += 1
+            if level < len(config.channel_mult) - 1:
+                h = self.downsamplers[level](h)
+                skips.append(h)
+
+        h = self.mid_block1(h, embedding)
+        h = self.mid_attn(h, **cond)
+        h = self.mid_block2(h, embedding)
+
+        block_index = 0
+        for up_level, level in enumerate(reversed(range(len(config.channel_mult)))):
+            for _ in range(config.num_res_blocks + 1):
+                h = self.up_blocks[block_index](
+                    jnp.concatenate([h, skips.pop()], axis=-1), embedding
+                )
+                if self.up_attn[block_index] is not None:
+                    h = self.up_attn[block_index](h, **cond)
+                block_index += 1
+            if level > 0:
+                h = self.upsamplers[up_level](h)
+
+        h = self.conv_out(nnx.silu(self.norm_out(h)))
+        return h.astype(jnp.float32)

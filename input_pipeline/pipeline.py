@@ -1,0 +1,82 @@
+"""The one entry point of the data side: a typed data config and per-process batch iterators."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import numpy as np
+
+from input_pipeline import digits, tfds_source
+
+Batch = dict[str, np.ndarray]  # {"image": float32 [b, H, W, C] in [-1, 1], "label": int32 [b]}
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Typed view of `config.data`."""
+
+    name: str = "digits"
+    data_dir: str = ""
+    image_size: int = 8
+    channels: int = 1
+    random_flip: bool = False
+    shuffle_buffer: int = 10_000
+
+
+# name -> (native image size, channels, number of classes, iterator factory)
+DATASETS: dict[str, tuple[int, int, int, Callable[..., Iterator[Batch]]]] = {
+    "digits": (digits.IMAGE_SIZE, 1, digits.NUM_CLASSES, digits.create_iterator),
+    "cifar10": (32, 3, 10, tfds_source.create_cifar10_iterator),
+}
+
+
+def data_config_from(data_cfg: Mapping[str, Any]) -> DataConfig:
+    """Builds a DataConfig from `config.data`."""
+    return DataConfig(**dict(data_cfg))
+
+
+def validate_data_config(cfg: DataConfig) -> None:
+    """Raises ValueError naming the `data.*` field, its value and what is allowed."""
+    if cfg.name not in DATASETS:
+        raise ValueError(f"data.name={cfg.name!r} is not known; allowed: {', '.join(DATASETS)}")
+    native_size, channels, _, _ = DATASETS[cfg.name]
+    if cfg.image_size < native_size or cfg.image_size % native_size:
+        raise ValueError(
+            f"data.image_size={cfg.image_size} does not fit {cfg.name}: use {native_size} "
+            f"or a multiple of it (images are enlarged by pixel repetition)."
+        )
+    if cfg.channels != channels:
+        raise ValueError(f"data.channels={cfg.channels} but {cfg.name} has {channels} channel(s).")
+    if cfg.shuffle_buffer < 1:
+        raise ValueError(f"data.shuffle_buffer={cfg.shuffle_buffer} must be >= 1.")
+
+
+def num_classes(name: str) -> int:
+    """Number of label classes of a dataset."""
+    return DATASETS[name][2]
+
+
+def create_train_iterator(
+    cfg: DataConfig,
+    *,
+    per_process_batch_size: int,
+    seed: int,
+    process_index: int,
+    process_count: int,
+    start_step: int = 0,
+) -> Iterator[Batch]:
+    """Endless iterator over this process's share of each global training batch."""
+    validate_data_config(cfg)
+    if per_process_batch_size < 1:
+        raise ValueError(f"per-process batch size {per_process_batch_size} must be >= 1.")
+    factory = DATASETS[cfg.name][3]
+    return factory(
+        cfg,
+        per_process_batch_size=per_process_batch_size,
+        seed=seed,
+        process_index=process_index,
+        process_count=process_count,
+        start_step=start_step,
+    )

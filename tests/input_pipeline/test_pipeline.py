@@ -1,0 +1,31 @@
+import pytest
+
+from configs import cifar_ddpm, digits_ddpm
+from input_pipeline import pipeline
+
+
+def test_shipped_configs_are_valid():
+    for module in (digits_ddpm, cifar_ddpm):
+        pipeline.validate_data_config(pipeline.data_config_from(module.get_config().data))
+    assert pipeline.num_classes("digits") == pipeline.num_classes("cifar10") == 10
+
+
+@pytest.mark.parametrize(
+    "changes,match",
+    [
+        ({"name": "mnist"}, r"data\.name='mnist' is not known; allowed: digits, cifar10"),
+        ({"image_size": 12}, r"data\.image_size=12 .*use 8 or a multiple"),
+        ({"channels": 3}, r"data\.channels=3 but digits has 1"),
+        ({"shuffle_buffer": 0}, r"data\.shuffle_buffer=0"),
+    ],
+)
+def test_bad_fields_are_named(changes, match):
+    with pytest.raises(ValueError, match=match):
+        pipeline.validate_data_config(pipeline.DataConfig(**changes))
+
+
+def test_dispatch_yields_digits_batches():
+    it = pipeline.create_train_iterator(
+        pipeline.DataConfig(), per_process_batch_size=4, seed=0, process_index=0, process_count=1
+    )
+    assert next(it)["image"].shape == (4, 8, 8, 1)

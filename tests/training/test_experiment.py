@@ -1,0 +1,61 @@
+import jax
+import pytest
+
+from configs import cifar_ddpm, digits_ddpm
+from training import experiment as experiment_lib
+
+
+def _expect_error_before_compiling(config, match, monkeypatch):
+    def no_compiling(*args, **kwargs):
+        raise AssertionError("jax.jit was called before the config was validated")
+
+    monkeypatch.setattr(jax, "jit", no_compiling)
+    with pytest.raises(ValueError, match=match):
+        experiment_lib.build_experiment(config)
+
+
+def test_unknown_schedule(monkeypatch):
+    config = digits_ddpm.get_config()
+    config.diffusion.schedule = "sigmoid"
+    _expect_error_before_compiling(
+        config, r"diffusion\.schedule='sigmoid'.*linear, cosine", monkeypatch
+    )
+
+
+def test_batch_not_divisible_by_devices(monkeypatch):
+    config = digits_ddpm.get_config()
+    config.batch_size = 60
+    _expect_error_before_compiling(
+        config, r"batch_size=60 .*multiple of the 8 devices", monkeypatch
+    )
+
+
+def test_image_size_the_unet_cannot_halve(monkeypatch):
+    config = cifar_ddpm.get_config()
+    config.data.image_size = 28  # 28 -> 14 -> 7 -> 3.5
+    _expect_error_before_compiling(config, r"image_size.*28", monkeypatch)
+
+
+def test_unknown_prediction_and_sampler(monkeypatch):
+    config = digits_ddpm.get_config()
+    config.diffusion.prediction = "score"
+    _expect_error_before_compiling(config, r"diffusion\.prediction='score'", monkeypatch)
+    config = digits_ddpm.get_config()
+    config.sampler.name = "plms"
+    _expect_error_before_compiling(config, r"sampler\.name='plms'", monkeypatch)
+
+
+def test_unknown_dataset_and_model(monkeypatch):
+    config = digits_ddpm.get_config()
+    config.data.name = "imagenet"
+    _expect_error_before_compiling(config, r"data\.name.*imagenet", monkeypatch)
+    config = digits_ddpm.get_config()
+    config.model.name = "vit"
+    _expect_error_before_compiling(config, r"model\.name.*vit", monkeypatch)
+
+
+def test_valid_configs_build_without_compiling(monkeypatch):
+    monkeypatch.setattr(jax, "jit", lambda *a, **k: (_ for _ in ()).throw(AssertionError("jit")))
+    for module in (digits_ddpm, cifar_ddpm):
+        experiment = experiment_lib.build_experiment(module.get_config())
+        assert experiment.schedule.num_timesteps == 1000

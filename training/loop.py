@@ -1,0 +1,176 @@
+"""The training loop: sharded init or resume, jitted steps, metrics, checkpoints, sample grids."""
+
+from __future__ import annotations
+
+import functools
+import os
+import time
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+from clu import metric_writers, periodic_actions
+
+import sharding
+from input_pipeline import pipeline
+from models.functional import init_params
+from training import checkpointing, images
+from training.experiment import Experiment, build_experiment
+from training.sampling import make_sample_fn
+from training.train_state import TrainState, create_train_state
+from training.train_step import jit_train_step
+
+
+def state_shardings(experiment: Experiment, abstract_state: TrainState) -> TrainState:
+    """NamedShardings for every leaf of the train state (params by the logical-axis rules)."""
+    mesh = experiment.mesh
+    params_sharding = sharding.param_shardings(
+        experiment.model.abstract_params,
+        experiment.model.logical_specs,
+        mesh,
+        sharding.rules_for(mesh),
+    )
+    params_structure = jax.tree.structure(abstract_state.params)
+    return TrainState(
+        step=sharding.replicated(mesh),
+        params=params_sharding,
+        ema_params=params_sharding,
+        opt_state=sharding.shard_like_params(
+            abstract_state.opt_state, params_sharding, params_structure, mesh
+        ),
+        rng=sharding.replicated(mesh),
+    )
+
+
+def create_state(experiment: Experiment, seed: int) -> tuple[TrainState, TrainState]:
+    """A fresh state created already sharded (jit with out_shardings), and its shardings."""
+    init = functools.partial(_init_state, experiment, seed)
+    shardings = state_shardings(experiment, jax.eval_shape(init))
+    with jax.named_scope("init"):
+        return jax.jit(init, out_shardings=shardings)(), shardings
+
+
+def init_or_restore(experiment: Experiment, manager, seed: int) -> tuple[TrainState, TrainState]:
+    """Restores the newest checkpoint into place, or creates a fresh state; plus its shardings."""
+    init = functools.partial(_init_state, experiment, seed)
+    abstract_state = jax.eval_shape(init)
+    shardings = state_shardings(experiment, abstract_state)
+    restored = checkpointing.restore_latest(
+        manager, checkpointing.abstract_like(abstract_state, shardings)
+    )
+    if restored is not None:
+        return restored, shardings
+    return create_state(experiment, seed)
+
+
+def _init_state(experiment: Experiment, seed: int) -> TrainState:
+    params = init_params(experiment.build_model, seed)
+    return create_train_state(params, experiment.optimizer, seed)
+
+
+def make_train_step(experiment: Experiment, shardings: TrainState):
+    """The jitted train step for this experiment: state donated, batch split on the batch axes."""
+    batch_sharding = sharding.batch_sharding(experiment.mesh)
+    return jit_train_step(
+        shardings,
+        {"image": batch_sharding, "label": batch_sharding},
+        sharding.replicated(experiment.mesh),
+        model=experiment.model,
+        schedule=experiment.schedule,
+        optimizer=experiment.optimizer,
+        learning_rate_fn=experiment.learning_rate_fn,
+        config=experiment.step_config,
+    )
+
+
+def write_sample_grid(writer, sample_fn, state: TrainState, step: int, workdir: str, seed: int):
+    """Samples with the EMA parameters and writes the grid as PNG and as a TensorBoard image."""
+    start = time.perf_counter()
+    samples = sample_fn(state.ema_params, jax.random.key(seed))
+    grid = images.make_grid(samples)
+    if jax.process_index() == 0:
+        path = os.path.join(workdir, "samples", f"step_{step:08d}.png")
+        images.save_png(grid, path, upscale=max(1, 256 // grid.shape[0]))
+        logging.info("Wrote %s (%.1f s)", path, time.perf_counter() - start)
+    writer.write_images(step, {"samples": grid[None]})
+
+
+def flatten_config(config: ml_collections.ConfigDict) -> dict[str, object]:
+    """Dotted-key view of the config for TensorBoard hparams."""
+    flat: dict[str, object] = {}
+    for key, value in config.items():
+        if isinstance(value, ml_collections.ConfigDict):
+            flat.update({f"{key}.{k}": v for k, v in flatten_config(value).items()})
+        else:
+            flat[key] = str(value) if isinstance(value, (tuple, list)) else value
+    return flat
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
+    """Trains (or resumes) the run described by `config`, writing everything under `workdir`."""
+    experiment = build_experiment(config)  # all validation happens here, before any compile
+    mesh = experiment.mesh
+    logging.info("Mesh %s over %d devices", dict(mesh.shape), mesh.devices.size)
+    writer = metric_writers.create_default_writer(
+        workdir, just_logging=jax.process_index() > 0, asynchronous=True
+    )
+    manager = checkpointing.make_manager(workdir, config.max_checkpoints_to_keep)
+    state, shardings = init_or_restore(experiment, manager, config.seed)
+    start_step = int(jax.device_get(state.step))
+    if start_step == 0:
+        writer.write_hparams(flatten_config(config))
+    logging.info("Starting at step %d of %d", start_step, config.num_train_steps)
+
+    train_step = make_train_step(experiment, shardings)
+    sample_fn = make_sample_fn(
+        experiment.model,
+        experiment.schedule,
+        experiment.sampler,
+        prediction=experiment.step_config.prediction,
+        image_shape=experiment.image_shape,
+        mesh=mesh,
+        params_sharding=shardings.ema_params,
+    )
+    batches = pipeline.create_train_iterator(
+        experiment.data,
+        per_process_batch_size=config.batch_size // jax.process_count(),
+        seed=config.seed,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+        start_step=start_step,
+    )
+    # Progress/ETA log lines; the scalar steps/s below excludes sampling and checkpoint time.
+    report = periodic_actions.ReportProgress(num_train_steps=config.num_train_steps, every_secs=60)
+    pending: list[dict[str, jax.Array]] = []
+    interval_start, interval_steps = time.perf_counter(), 0
+    for step in range(start_step + 1, config.num_train_steps + 1):
+        with jax.profiler.StepTraceAnnotation("train", step_num=step):
+            batch = sharding.host_batch_to_global(next(batches), mesh)
+            state, metrics = train_step(state, batch)
+        pending.append(metrics)
+        interval_steps += 1
+        report(step)
+        is_last = step == config.num_train_steps
+        if step % config.log_every_steps == 0 or is_last:
+            summary = {
+                k: float(np.mean([m[k] for m in jax.device_get(pending)])) for k in pending[0]
+            }
+            elapsed = time.perf_counter() - interval_start
+            summary["steps_per_sec"] = interval_steps / elapsed
+            summary["examples_per_sec"] = interval_steps * config.batch_size / elapsed
+            writer.write_scalars(step, summary)
+            pending, interval_start, interval_steps = [], time.perf_counter(), 0
+        if step % config.checkpoint_every_steps == 0 or is_last:
+            paused = time.perf_counter()
+            with report.timed("checkpoint"):
+                checkpointing.save(manager, state, force=is_last)
+            interval_start += time.perf_counter() - paused
+        if config.sample_every_steps and (step % config.sample_every_steps == 0 or is_last):
+            paused = time.perf_counter()
+            with report.timed("sample"):
+                write_sample_grid(writer, sample_fn, state, step, workdir, config.seed)
+            interval_start += time.perf_counter() - paused
+    manager.wait_until_finished()
+    writer.flush()
+    return state

@@ -12,7 +12,7 @@ from configs import default
 def get_config() -> ml_collections.ConfigDict:
     """A small U-Net (8x8 -> 4x4, attention at 4x4), eps-prediction, linear betas, DDIM samples."""
     config = default.get_config()
-    config.num_train_steps = 3000
+    config.num_train_steps = 4000
     config.batch_size = 64
     config.log_every_steps = 100
     config.checkpoint_every_steps = 1000

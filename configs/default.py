@@ -65,11 +65,16 @@ def get_config() -> ml_collections.ConfigDict:
 
     # --- Sampling -------------------------------------------------------------------------------
     config.sampler = ml_collections.ConfigDict()
-    config.sampler.name = "ddim"  # "ddpm" | "ddim".
-    config.sampler.num_steps = 100  # Reverse steps (ddpm always uses all T).
+    # ddpm | ddim | euler | euler_ancestral | heun | dpmpp_2m | dpmpp_2m_sde | lms | unipc
+    config.sampler.name = "ddim"
+    config.sampler.num_steps = 100  # Reverse steps (network evaluations; Heun uses 2 per step).
+    config.sampler.spacing = "trailing"  # linspace | leading | trailing | karras (Lin et al. 2024).
     config.sampler.eta = 0.0  # DDIM stochasticity: 0 is deterministic, 1 matches DDPM's variance.
-    config.sampler.num_samples = 64  # Images in each sample grid.
-    config.sampler.clip_x0 = True  # Clip predicted x0 to the data range [-1, 1] (Ho et al. 2020).
+    config.sampler.num_samples = 64  # Images in each sample grid / --mode=sample run.
+    config.sampler.thresholding = "static"  # none | static (clip x0 to [-1, 1]) | dynamic (Imagen).
+    config.sampler.dynamic_percentile = 0.995  # Quantile of |x0| for dynamic thresholding.
+    config.sampler.guidance_scale = 1.0  # Classifier-free guidance scale (conditional models).
+    config.sampler.guidance_rescale = 0.0  # Lin et al. 2023 guidance rescale phi in [0, 1].
 
     # --- Device mesh ----------------------------------------------------------------------------
     config.mesh = ml_collections.ConfigDict()

@@ -12,7 +12,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 import sharding
-from diffusion import samplers
+from diffusion import guidance, samplers
 from diffusion.schedules import NoiseSchedule
 from models.functional import FunctionalModel, Params
 
@@ -23,13 +23,22 @@ class SamplerConfig:
 
     name: str = "ddim"
     num_steps: int = 100
+    spacing: str = "trailing"
     eta: float = 0.0
     num_samples: int = 64
-    clip_x0: bool = True
+    thresholding: str = "static"
+    dynamic_percentile: float = 0.995
+    guidance_scale: float = 1.0
+    guidance_rescale: float = 0.0
 
     def validate(self, num_timesteps: int) -> None:
         """Raises ValueError naming the `sampler.*` field before anything is compiled."""
-        samplers.validate_sampler(self.name, self.num_steps, num_timesteps)
+        samplers.validate_sampler(self.name, self.num_steps, num_timesteps, self.spacing)
+        guidance.validate_thresholding(self.thresholding, self.dynamic_percentile)
+        if not 0.0 <= self.guidance_rescale <= 1.0:
+            raise ValueError(
+                f"sampler.guidance_rescale={self.guidance_rescale!r} must be in [0, 1]."
+            )
         if not 0.0 <= self.eta <= 1.0:
             raise ValueError(f"sampler.eta={self.eta!r} must be in [0, 1].")
         if self.num_samples < 1:
@@ -70,10 +79,12 @@ def make_sample_fn(
             chain_key,
             sampler=sampler.name,
             num_steps=sampler.num_steps,
+            spacing=sampler.spacing,
             prediction=prediction,
             eta=sampler.eta,
-            clip_x0=sampler.clip_x0,
-        )
+            thresholding=sampler.thresholding,
+            dynamic_percentile=sampler.dynamic_percentile,
+        ).samples
 
     jitted = jax.jit(
         sample_fn,

@@ -1,9 +1,11 @@
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from models.functional import count_params, functionalize, init_params
+from models.functional import FunctionalModel, count_params, functionalize, init_params
 from models.unet import UNet, UNetConfig
 
 TINY = UNetConfig(
@@ -20,22 +22,50 @@ TINY = UNetConfig(
 )
 
 
-def _build(config):
-    return lambda rngs: UNet(config, rngs=rngs)
+@pytest.fixture(autouse=True, scope="module")
+def _fast_compiles():
+    """The numbers checked here do not depend on XLA's optimisation passes: skip them."""
+    previous = jax.config.read("jax_disable_most_optimizations")
+    jax.config.update("jax_disable_most_optimizations", True)
+    yield
+    jax.config.update("jax_disable_most_optimizations", previous)
 
 
-def _randomise(params, seed=0):
-    """Zero-initialised output layers make a fresh U-Net output 0; perturb every weight."""
-    leaves, tree = jax.tree.flatten(params)
-    keys = jax.random.split(jax.random.key(seed), len(leaves))
-    return tree.unflatten(
-        [p + 0.1 * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys, strict=True)]
-    )
+def _tiny(**changes) -> UNetConfig:
+    return UNetConfig(**{**TINY.__dict__, **changes})
+
+
+@functools.cache
+def _network(config: UNetConfig):
+    """(functional model, jitted apply, jitted init) for one config, built once per session."""
+    model = functionalize(lambda rngs: UNet(config, rngs=rngs))
+    init = jax.jit(lambda: init_params(lambda rngs: UNet(config, rngs=rngs), seed=0))
+    return model, jax.jit(model.apply), init
+
+
+def _random_params(model: FunctionalModel, seed: int):
+    """Zero-initialised output layers make a fresh U-Net output 0; use N(0, 0.1^2) weights."""
+
+    def sample(key):  # one draw for all leaves: a single RNG kernel compiles fast
+        leaves, tree = jax.tree.flatten(model.abstract_params)
+        flat = 0.1 * jax.random.normal(key, (sum(leaf.size for leaf in leaves),))
+        splits = np.cumsum([leaf.size for leaf in leaves])[:-1]
+        parts = jnp.split(flat, splits)
+        return tree.unflatten(
+            [part.reshape(leaf.shape) for part, leaf in zip(parts, leaves, strict=True)]
+        )
+
+    return jax.jit(sample)(jax.random.key(seed))
+
+
+def _random_network(config: UNetConfig):
+    model, apply, _ = _network(config)
+    return model, apply, _random_params(model, 0)
 
 
 def test_cifar_ddpm_unet_has_the_papers_35_7m_parameters():
     config = UNetConfig()  # defaults are Ho et al.'s CIFAR-10 network
-    count = count_params(functionalize(_build(config)).abstract_params)
+    count = count_params(functionalize(lambda rngs: UNet(config, rngs=rngs)).abstract_params)
     assert count == pytest.approx(35.7e6, rel=0.01)
     assert count == 35_746_307  # diffusers' UNet2DModel with the same settings
 
@@ -51,71 +81,109 @@ def test_output_shape_equals_input_shape():
         attention_resolutions=(8,),
         num_groups=8,
     )
-    model = functionalize(_build(config))
-    params = init_params(_build(config), seed=0)
-    out = model.apply(params, jnp.ones((2, 16, 16, 3)), jnp.array([1, 500]))
+    _, apply, params = _random_network(config)
+    out = apply(params, jnp.ones((2, 16, 16, 3)), jnp.array([1, 500]))
     assert out.shape == (2, 16, 16, 3) and out.dtype == jnp.float32
+    assert np.isfinite(np.asarray(out)).all()
 
 
 def test_fresh_network_outputs_zero_and_depends_on_t_once_trained():
-    model = functionalize(_build(TINY))
-    params = init_params(_build(TINY), seed=0)
+    model, apply, init = _network(TINY)
+    params = init()
+    assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(params))
     x = jax.random.normal(jax.random.key(0), (2, 8, 8, 1))
-    np.testing.assert_array_equal(
-        model.apply(params, x, jnp.array([3, 3])), 0.0
-    )  # zero-init conv_out
-    params = _randomise(params)
-    a = model.apply(params, x, jnp.array([3, 3]))
-    b = model.apply(params, x, jnp.array([900, 900]))
+    np.testing.assert_array_equal(apply(params, x, jnp.array([3, 3])), 0.0)  # zero conv_out
+    params = _random_params(model, 0)
+    a = apply(params, x, jnp.array([3, 3]))
+    b = apply(params, x, jnp.array([900.0, 900.0]))  # float timesteps work too
     assert not np.allclose(a, b)
+
+
+def test_bfloat16_computation_keeps_float32_params_and_output():
+    config = _tiny(dtype="bfloat16", dropout=0.0)
+    model, apply, _ = _network(config)
+    params = _random_params(model, 0)
+    x = jax.random.normal(jax.random.key(0), (1, 8, 8, 1))
+    out = apply(params, x, jnp.array([10]))
+    reference = _network(_tiny(dropout=0.0))[1](params, x, jnp.array([10]))
+    assert out.dtype == jnp.float32
+    scale = float(jnp.abs(reference).max())
+    np.testing.assert_allclose(out, reference, atol=0.05 * scale)
 
 
 def test_dropout_only_with_a_key():
-    model = functionalize(_build(TINY))
-    params = _randomise(init_params(_build(TINY), seed=0))
+    _, apply, params = _random_network(TINY)
     x, t = jnp.ones((1, 8, 8, 1)), jnp.array([10])
-    np.testing.assert_array_equal(model.apply(params, x, t), model.apply(params, x, t))
-    a = model.apply(params, x, t, dropout_key=jax.random.key(0))
-    b = model.apply(params, x, t, dropout_key=jax.random.key(1))
+    np.testing.assert_array_equal(apply(params, x, t), apply(params, x, t))
+    a = apply(params, x, t, dropout_key=jax.random.key(0))
+    b = apply(params, x, t, dropout_key=jax.random.key(1))
     assert not np.allclose(a, b)
+    assert not np.allclose(a, apply(params, x, t))
 
 
 def test_class_labels_condition_the_output():
-    config = UNetConfig(**{**TINY.__dict__, "num_classes": 10, "dropout": 0.0})
-    model = functionalize(_build(config))
-    params = _randomise(init_params(_build(config), seed=0))
+    config = _tiny(num_classes=10, dropout=0.0)
+    _, apply, params = _random_network(config)
     assert params["class_embed"]["embedding"].shape == (11, 64)  # + the null class
     x, t = jnp.ones((2, 8, 8, 1)), jnp.array([10, 10])
-    a = model.apply(params, x, t, class_labels=jnp.array([1, 2]))
+    a = apply(params, x, t, class_labels=jnp.array([1, 2]))
     assert not np.allclose(a[0], a[1])
-    null = model.apply(params, x, t)
-    np.testing.assert_allclose(null, model.apply(params, x, t, class_labels=jnp.array([10, 10])))
+    null = apply(params, x, t)  # no labels = the reserved null class
+    np.testing.assert_allclose(null, apply(params, x, t, class_labels=jnp.array([10, 10])))
 
 
 def test_cross_attention_reads_context_and_honours_the_mask():
-    config = UNetConfig(**{**TINY.__dict__, "context_dim": 12, "dropout": 0.0})
-    model = functionalize(_build(config))
-    params = _randomise(init_params(_build(config), seed=0))
+    config = _tiny(context_dim=12, dropout=0.0)
+    _, apply, params = _random_network(config)
     x, t = jnp.ones((1, 8, 8, 1)), jnp.array([10])
     context = jax.random.normal(jax.random.key(1), (1, 5, 12))
-    a = model.apply(params, x, t, context=context)
-    b = model.apply(params, x, t, context=context * 2.0)
+    a = apply(params, x, t, context=context)
+    b = apply(params, x, t, context=context * 2.0)
     assert not np.allclose(a, b)
     # Masking out the last two tokens equals not passing them at all.
     mask = jnp.array([[True, True, True, False, False]])
-    masked = model.apply(params, x, t, context=context, context_mask=mask)
-    shorter = model.apply(params, x, t, context=context[:, :3])
+    masked = apply(params, x, t, context=context, context_mask=mask)
+    shorter = apply(params, x, t, context=context[:, :3])
     np.testing.assert_allclose(masked, shorter, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(masked, a)
+
+
+def test_conditioning_the_network_was_not_built_for_is_an_error():
+    model = functionalize(lambda rngs: UNet(TINY, rngs=rngs))
+    x, t = jnp.ones((1, 8, 8, 1)), jnp.array([10])
+    with pytest.raises(ValueError, match="num_classes=None"):
+        jax.eval_shape(
+            lambda p: model.apply(p, x, t, class_labels=jnp.array([1])), model.abstract_params
+        )
+    with pytest.raises(ValueError, match="context_dim=None"):
+        jax.eval_shape(
+            lambda p: model.apply(p, x, t, context=jnp.ones((1, 2, 4))), model.abstract_params
+        )
 
 
 @pytest.mark.parametrize(
     "changes,match",
     [
-        ({"image_size": 28}, r"data\.image_size=28 cannot be halved 3 times"),
-        ({"num_groups": 24}, r"model\.num_groups=24"),
-        ({"attention_resolutions": (7,)}, r"model\.attention_resolutions.*\[7\] never occur"),
-        ({"dropout": 1.0}, r"model\.dropout=1.0"),
-        ({"num_heads": 3}, r"model\.num_heads=3"),
+        (
+            {"image_size": 28},
+            r"data\.image_size=28 cannot be halved 3 times .*model\.channel_mult=\(1, 2, 2, 2\) "
+            r"has 4 levels\); use a multiple of 8",
+        ),
+        (
+            {"num_groups": 24},
+            r"model\.num_groups=24 must divide every level's channels; "
+            r"model\.base_channels \* mult = 128 is not divisible",
+        ),
+        (
+            {"attention_resolutions": (7,)},
+            r"model\.attention_resolutions=\(7,\): \[7\] never occur; "
+            r"the feature-map sizes are \(32, 16, 8, 4\)",
+        ),
+        ({"dropout": 1.0}, r"model\.dropout=1.0 must be in \[0, 1\)"),
+        ({"num_heads": 3}, r"model\.num_heads=3 must divide every level's channels \(128\)"),
+        ({"channel_mult": ()}, r"model\.channel_mult=\(\) needs >= 1 positive entries"),
+        ({"base_channels": 2, "num_groups": 1}, r"model\.base_channels=2 must be >= 4"),
+        ({"dtype": "float16"}, r"model\.dtype='float16' is not one of \['bfloat16', 'float32'\]"),
     ],
 )
 def test_invalid_configs_are_explained(changes, match):

@@ -68,4 +68,6 @@ def test_sharded_step_on_8_devices_equals_one_device(tiny_config):
         float(sharded_metrics["loss"]), float(single_metrics["loss"]), rtol=1e-5
     )
     for a, b in zip(jax.tree.leaves(sharded.params), jax.tree.leaves(single.params), strict=True):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
+        # Adam divides by sqrt(v): near-zero gradients amplify reduction-order noise, so compare
+        # at 1% of one step's size (lr = 1e-3) rather than bitwise.
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)

@@ -1,0 +1,150 @@
+"""Where a sampler evaluates the network: timesteps and sigmas for a given number of steps.
+
+Sigmas are noise-to-signal ratios sigma = sqrt((1 - alpha_bar) / alpha_bar) (the "VE" view of a
+VP model, Karras et al. 2022 sec. 2). A grid of n steps holds n model timesteps (possibly
+fractional) and n + 1 sigmas ending in 0. Grids are built on the host in float64 and padded to a
+fixed length so that different step counts share one compiled sampler.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from diffusion.schedules import NoiseSchedule
+
+SPACINGS = ("linspace", "leading", "trailing", "karras")
+KARRAS_RHO = 7.0
+LMS_MAX_ORDER = 4
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class Grid:
+    """Per-step arrays of length max_steps; entries past `num_steps` are inactive padding."""
+
+    timesteps: jax.Array  # [S] model timestep at step i
+    sigmas: jax.Array  # [S] sigma at step i
+    sigmas_next: jax.Array  # [S] sigma after step i (0 after the last step)
+    steps_left: jax.Array  # [S] int32: n - i for active steps, 0 for padding
+    lms_coeffs: jax.Array  # [S, LMS_MAX_ORDER] linear multistep weights of past derivatives
+
+    @property
+    def max_steps(self) -> int:
+        return int(self.timesteps.shape[0])
+
+
+def validate_spacing(spacing: str) -> None:
+    """Raises ValueError naming `sampler.spacing` when it is unknown."""
+    if spacing not in SPACINGS:
+        raise ValueError(
+            f"sampler.spacing={spacing!r} is not known; allowed: {', '.join(SPACINGS)}"
+        )
+
+
+def train_sigmas(schedule: NoiseSchedule) -> np.ndarray:
+    """sigma at every training timestep, float64 [T]."""
+    alphas_cumprod = np.asarray(schedule.alphas_cumprod, np.float64)
+    return np.sqrt((1.0 - alphas_cumprod) / alphas_cumprod)
+
+
+def karras_sigmas(sigma_min: float, sigma_max: float, num_steps: int, rho: float = KARRAS_RHO):
+    """Karras et al. 2022 eq. 5: sigmas evenly spaced in sigma^(1/rho), from max down to min."""
+    ramp = np.linspace(0.0, 1.0, num_steps)
+    inv_max, inv_min = sigma_max ** (1.0 / rho), sigma_min ** (1.0 / rho)
+    return (inv_max + ramp * (inv_min - inv_max)) ** rho
+
+
+def sigma_to_timestep(sigmas: np.ndarray, schedule_sigmas: np.ndarray) -> np.ndarray:
+    """Fractional timesteps whose log-sigma, interpolated linearly, equals log(sigmas)."""
+    log_sigmas = np.log(schedule_sigmas)
+    return np.interp(np.log(np.maximum(sigmas, 1e-10)), log_sigmas, np.arange(len(log_sigmas)))
+
+
+def spaced_timesteps(num_timesteps: int, num_steps: int, spacing: str) -> np.ndarray:
+    """Decreasing timesteps for the spacings of Lin et al. 2024 (table 2), float64 [n]."""
+    if spacing == "leading":
+        steps = np.round(np.arange(num_steps) * (num_timesteps // num_steps))
+    elif spacing == "trailing":
+        steps = np.round(np.arange(num_timesteps, 0, -num_timesteps / num_steps)) - 1
+    else:  # linspace (and the end points of karras)
+        steps = np.linspace(0, num_timesteps - 1, num_steps)
+    return np.sort(steps.astype(np.float64))[::-1].copy()
+
+
+def timesteps_and_sigmas(
+    schedule: NoiseSchedule, num_steps: int, spacing: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Timesteps [n] and sigmas [n + 1] (last one 0) of an n-step grid."""
+    validate_spacing(spacing)
+    schedule_sigmas = train_sigmas(schedule)
+    if spacing == "karras":
+        sigmas = karras_sigmas(schedule_sigmas[0], schedule_sigmas[-1], num_steps)
+        timesteps = sigma_to_timestep(sigmas, schedule_sigmas)
+    else:
+        timesteps = spaced_timesteps(schedule.num_timesteps, num_steps, spacing)
+        # Between training timesteps sigma is interpolated linearly (as diffusers' Euler does).
+        sigmas = np.interp(timesteps, np.arange(len(schedule_sigmas)), schedule_sigmas)
+    return timesteps, np.append(sigmas, 0.0)
+
+
+def lms_coefficients(sigmas: np.ndarray, order: int) -> np.ndarray:
+    """Weights of the last `order` derivatives for each linear multistep step, [n, LMS_MAX_ORDER].
+
+    Step i integrates the Lagrange polynomial through the derivatives at sigmas[i], sigmas[i-1], ...
+    from sigmas[i] to sigmas[i+1] (Karras et al. 2022's LMS, after Adams-Bashforth); the order
+    ramps up over the first steps while there is not enough history.
+    """
+    num_steps = len(sigmas) - 1
+    coeffs = np.zeros((num_steps, LMS_MAX_ORDER))
+    for i in range(num_steps):
+        current_order = min(i + 1, order)
+        nodes = [sigmas[i - k] for k in range(current_order)]
+        for k in range(current_order):
+            basis = np.polynomial.Polynomial([1.0])
+            for j in range(current_order):
+                if j != k:
+                    basis *= np.polynomial.Polynomial([-nodes[j], 1.0]) / (nodes[k] - nodes[j])
+            antiderivative = basis.integ()
+            coeffs[i, k] = antiderivative(sigmas[i + 1]) - antiderivative(sigmas[i])
+    return coeffs
+
+
+def make_grid(
+    schedule: NoiseSchedule,
+    num_steps: int,
+    spacing: str,
+    *,
+    max_steps: int | None = None,
+    lms_order: int = LMS_MAX_ORDER,
+) -> Grid:
+    """The padded per-step arrays of an n-step sampler (n <= max_steps)."""
+    max_steps = num_steps if max_steps is None else max_steps
+    if not 1 <= num_steps <= max_steps:
+        raise ValueError(f"sampler.num_steps={num_steps} must be in [1, {max_steps}] (max_steps).")
+    timesteps, sigmas = timesteps_and_sigmas(schedule, num_steps, spacing)
+    pad = max_steps - num_steps
+
+    def padded(values: np.ndarray, fill: float = 0.0) -> jax.Array:
+        widths = [(0, pad)] + [(0, 0)] * (values.ndim - 1)
+        return jnp.asarray(np.pad(values, widths, constant_values=fill), jnp.float32)
+
+    return Grid(
+        timesteps=padded(timesteps),
+        sigmas=padded(sigmas[:-1], 1.0),
+        sigmas_next=padded(sigmas[1:], 1.0),
+        steps_left=jnp.asarray(np.pad(np.arange(num_steps, 0, -1), (0, pad)), jnp.int32),
+        lms_coeffs=padded(lms_coefficients(sigmas, lms_order)),
+    )
+
+
+def flow_sigmas(num_steps: int, shift: float = 1.0) -> np.ndarray:
+    """Flow-matching times t from 1 to 0 (n + 1 values) with the shift of Esser et al. 2024 (SD3).
+
+    t' = shift t / (1 + (shift - 1) t) spends more steps at high noise when shift > 1.
+    """
+    t = np.linspace(1.0, 0.0, num_steps + 1)
+    return shift * t / (1.0 + (shift - 1.0) * t)

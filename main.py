@@ -11,7 +11,7 @@ import os
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-MODES = ("train",)
+MODES = ("train", "sample")
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -39,7 +39,7 @@ def main(argv: list[str]) -> None:
 
     if FLAGS.multihost:
         jax.distributed.initialize()
-    from training import loop  # noqa: PLC0415 (after distributed init)
+    from training import loop, sample_run  # noqa: PLC0415 (after distributed init)
 
     logging.info(
         "JAX process %d/%d, %d local / %d global devices (%s)",
@@ -52,6 +52,8 @@ def main(argv: list[str]) -> None:
     logging.info("Config:\n%s", FLAGS.config)
     if FLAGS.mode == "train":
         loop.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    elif FLAGS.mode == "sample":
+        sample_run.sample_from_checkpoint(FLAGS.config, FLAGS.workdir)
 
 
 if __name__ == "__main__":

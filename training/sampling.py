@@ -94,6 +94,7 @@ def make_sample_fn(
 
     def sample_to_host(params: Params, key: jax.Array) -> np.ndarray:
         images = multihost_utils.process_allgather(jitted(params, key), tiled=True)
-        return np.asarray(images)[: sampler.num_samples]
+        # The data range is [-1, 1]; the last step can overshoot it by float rounding.
+        return np.clip(np.asarray(images)[: sampler.num_samples], -1.0, 1.0)
 
     return sample_to_host

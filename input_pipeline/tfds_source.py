@@ -33,9 +33,9 @@ def require_prepared(builder: Any, name: str, data_dir: str) -> None:
     if tf.io.gfile.exists(os.path.join(builder.data_path, "dataset_info.json")):
         return
     raise DatasetNotFoundError(
-        f"The tfds dataset {name!r} is not prepared under data.data_dir={data_dir!r} "
-        f"(looked for {builder.data_path}). This machine will not download it. To fetch it, on a "
-        f"machine with internet run:\n"
+        f"The tfds dataset {name!r} is not prepared under data_dir={data_dir!r} (looked for "
+        f"{builder.data_path}). Training does not download it: offline, tfds retries for minutes "
+        f"before failing. To fetch it, on a machine with internet run:\n"
         f'  python -c "import tensorflow_datasets as tfds; '
         f"tfds.builder('{name}', data_dir='{data_dir}').download_and_prepare()\"\n"
         f"(or `tfds build {name} --data_dir={data_dir}`) and copy the directory here, or set "

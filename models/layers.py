@@ -28,11 +28,14 @@ def partitioned(init, names: tuple[str | None, ...]):
 
 
 def timestep_embedding(t: jax.Array, dim: int, max_period: float = 10_000.0) -> jax.Array:
-    """Sinusoidal embedding [B, dim] of (possibly fractional) timesteps t [B].
+    """Sinusoidal embedding [B, dim] of integer or fractional timesteps t [B].
 
     Transformer position encoding as used by Ho et al. 2020 (their `get_timestep_embedding`):
-    frequencies exp(-ln(max_period) * i / (half - 1)), i = 0..half-1, output [sin, cos].
+    frequencies exp(-ln(max_period) * i / (half - 1)), i = 0..half-1, output [sin | cos] (sines
+    first; diffusers' `flip_sin_to_cos=True` puts cosines first). Odd `dim` is zero-padded.
     """
+    if dim < 4:
+        raise ValueError(f"timestep_embedding needs dim >= 4 (two frequencies), got dim={dim}.")
     half = dim // 2
     freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / (half - 1))
     angles = t.astype(jnp.float32)[:, None] * freqs[None, :]
@@ -131,7 +134,8 @@ class ResBlock(nnx.Module):
         self.embed_proj = dense(embed_dim, out_channels, dtype=dtype, rngs=rngs)
         self.norm2 = group_norm(out_channels, num_groups, dtype=dtype, rngs=rngs)
         self.dropout = nnx.Dropout(dropout, rngs=rngs)
-        # Zero-initialised last conv: each block starts as the identity (Dhariwal & Nichol 2021).
+        # Zero-initialised last conv, so each block starts as the identity: Ho et al.'s code
+        # (`init_scale=0.`) and Dhariwal & Nichol 2021 (`zero_module`) both do this.
         self.conv2 = conv(out_channels, out_channels, zero_init=True, dtype=dtype, rngs=rngs)
         self.skip = (
             conv(in_channels, out_channels, kernel=1, dtype=dtype, rngs=rngs)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -22,10 +23,18 @@ def make_model_config(
 ) -> UNetConfig:
     """A validated typed model config from `config.model` and the data shape."""
     fields = dict(model_cfg)
-    name = fields.pop("name")
+    name = fields.pop("name", None)
     if name not in MODELS:
         raise ValueError(f"model.name={name!r} is not known; allowed: {', '.join(MODELS)}")
     _, config_cls = MODELS[name]
+    data_fields = {"image_size", "in_channels", "out_channels", "num_classes", "context_dim"}
+    allowed = [f.name for f in dataclasses.fields(config_cls) if f.name not in data_fields]
+    unknown = sorted(set(fields) - set(allowed))
+    if unknown:
+        raise ValueError(
+            f"model.{unknown[0]} is not a field of model.name={name!r}; allowed: "
+            f"{', '.join(allowed)} (image size, channels and conditioning come from data.*)."
+        )
     for key in ("channel_mult", "attention_resolutions"):
         if key in fields:
             fields[key] = tuple(fields[key])

@@ -48,6 +48,11 @@ class UNetConfig:
                 f"(model.channel_mult={self.channel_mult} has {levels} levels); use a multiple "
                 f"of {2**halvings} or fewer levels."
             )
+        if self.base_channels < 4:
+            raise ValueError(
+                f"model.base_channels={self.base_channels} must be >= 4 (the timestep embedding "
+                "needs two sine/cosine frequencies)."
+            )
         if self.num_res_blocks < 1:
             raise ValueError(f"model.num_res_blocks={self.num_res_blocks} must be >= 1.")
         for mult in self.channel_mult:
@@ -70,6 +75,10 @@ class UNetConfig:
             )
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"model.dropout={self.dropout} must be in [0, 1).")
+        for name in ("num_classes", "context_dim"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name}={value} must be a positive int or None (unconditional).")
         if self.dtype not in DTYPES:
             raise ValueError(f"model.dtype={self.dtype!r} is not one of {sorted(DTYPES)}.")
 
@@ -155,7 +164,23 @@ class UNet(nnx.Module):
         context: jax.Array | None = None,
         context_mask: jax.Array | None = None,
     ) -> jax.Array:
+        """Predicts from noisy images; conditioning is optional and must match the config.
+
+        Args:
+          x: noisy images [B, H, W, in_channels].
+          t: timesteps [B], int or float (only the sinusoidal embedding sees them).
+          class_labels: int [B] in [0, num_classes]; None or num_classes means "no class".
+          context: tokens [B, L, context_dim] for cross-attention; None skips cross-attention.
+          context_mask: bool [B, L], True for real tokens; None attends to all L tokens.
+
+        Returns:
+          [B, H, W, out_channels] in float32.
+        """
         config = self.config
+        if class_labels is not None and self.class_embed is None:
+            raise ValueError("class_labels were given but the U-Net has num_classes=None.")
+        if context is not None and config.context_dim is None:
+            raise ValueError("context was given but the U-Net has context_dim=None.")
         embedding = self.time_embed(t)  # [B, 4 * base]
         if self.class_embed is not None:
             if class_labels is None:  # unconditional: the reserved "no class" row

@@ -1,5 +1,6 @@
 import itertools
 import time
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -69,3 +70,73 @@ def test_processes_read_disjoint_slices_of_the_split():
     assert [(s.split, s.index, s.count, s.drop_remainder) for s in splits] == [
         ("train", i, 4, True) for i in range(4)
     ]
+
+
+def _write_raw_cifar(root, per_file=4):
+    """Tiny CIFAR-10 binary files (label byte + CHW uint8 image); returns the train images."""
+    folder = root / "cifar-10-batches-bin"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    train = []
+    for name in [f"data_batch_{i}.bin" for i in range(1, 6)] + ["test_batch.bin"]:
+        labels = rng.integers(0, 10, (per_file, 1), dtype=np.uint8)
+        chw = rng.integers(0, 256, (per_file, 3, 32, 32), dtype=np.uint8)
+        np.concatenate([labels, chw.reshape(per_file, -1)], 1).tofile(folder / name)
+        if name != "test_batch.bin":
+            train.extend(chw.transpose(0, 2, 3, 1))
+    (folder / "batches.meta.txt").write_text("\n".join(f"class{i}" for i in range(10)))
+    return train
+
+
+@pytest.fixture(scope="module")
+def prepared_cifar(tmp_path_factory):
+    """A real (tiny, 20 train images) prepared tfds cifar10 on disk, built offline."""
+    root = tmp_path_factory.mktemp("cifar")
+    train = _write_raw_cifar(root / "raw")
+    data_dir = str(root / "tfds")
+    builder = tfds.builder("cifar10", data_dir=data_dir)
+    config = tfds.download.DownloadConfig(try_download_gcs=False)
+    dl = mock.patch.object(
+        tfds.download.DownloadManager, "download_and_extract", return_value=str(root / "raw")
+    )
+    with dl:
+        builder.download_and_prepare(download_config=config)
+    return data_dir, {image.tobytes() for image in train}
+
+
+def _stream(data_dir, count, size=32, **kw):
+    cfg = DataConfig(
+        name="cifar10", data_dir=data_dir, image_size=size, channels=3, shuffle_buffer=16
+    )
+    it = create_train_iterator(cfg, per_process_batch_size=5, seed=0, **kw)
+    return [b["image"] for b in itertools.islice(it, count)]
+
+
+def _as_uint8(images):
+    return {np.rint((x + 1.0) * 127.5).astype(np.uint8).tobytes() for x in np.concatenate(images)}
+
+
+def test_processes_read_disjoint_shards_that_cover_the_split(prepared_cifar):
+    data_dir, train = prepared_cifar
+    seen = [_as_uint8(_stream(data_dir, 6, process_index=i, process_count=2)) for i in range(2)]
+    assert not seen[0] & seen[1]
+    assert seen[0] | seen[1] == train
+
+
+def test_same_start_step_repeats_and_a_new_one_reseeds(prepared_cifar):
+    data_dir, _ = prepared_cifar
+
+    def one(step):
+        return np.stack(_stream(data_dir, 4, process_index=0, process_count=1, start_step=step))
+
+    first = one(0)
+    np.testing.assert_array_equal(first, one(0))
+    assert not np.array_equal(first, one(7))
+
+
+def test_larger_image_sizes_repeat_pixels(prepared_cifar):
+    data_dir, _ = prepared_cifar
+    (big,) = _stream(data_dir, 1, size=64, process_index=0, process_count=1)
+    (small,) = _stream(data_dir, 1, process_index=0, process_count=1)
+    assert big.shape == (5, 64, 64, 3)
+    np.testing.assert_array_equal(big[:, ::2, ::2], small)

@@ -3,6 +3,7 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import nnx
 
 from models import layers
@@ -18,6 +19,19 @@ def test_timestep_embedding_matches_the_formula():
             freq = math.exp(-math.log(10_000) * i / (half - 1))
             assert math.isclose(emb[row, i], math.sin(step * freq), abs_tol=1e-4)
             assert math.isclose(emb[row, half + i], math.cos(step * freq), abs_tol=1e-4)
+
+
+def test_timestep_embedding_takes_int_steps_pads_odd_dims_and_rejects_tiny_dims():
+    steps = jnp.array([0, 3, 250])
+    np.testing.assert_array_equal(
+        layers.timestep_embedding(steps, 16), layers.timestep_embedding(steps.astype(float), 16)
+    )
+    odd = layers.timestep_embedding(steps, 9)
+    assert odd.shape == (3, 9)
+    np.testing.assert_array_equal(odd[:, :8], layers.timestep_embedding(steps, 8))
+    np.testing.assert_array_equal(odd[:, 8], 0.0)
+    with pytest.raises(ValueError, match="dim >= 4"):
+        layers.timestep_embedding(steps, 2)
 
 
 def test_attention_matches_explicit_softmax():
@@ -40,3 +54,14 @@ def test_resample_shapes_and_every_param_is_named():
         nnx.get_partition_spec(nnx.state(block, nnx.Param)), is_leaf=lambda s: s is not None
     )
     assert specs and all(spec is not None and len(tuple(spec)) > 0 for spec in specs)
+
+
+def test_bfloat16_blocks_keep_float32_params():
+    rngs = nnx.Rngs(0)
+    block = layers.AttentionBlock(
+        16, num_heads=2, num_groups=8, context_dim=4, dtype=jnp.bfloat16, rngs=rngs
+    )
+    out = block(jnp.ones((1, 4, 4, 16), jnp.bfloat16), context=jnp.ones((1, 3, 4)))
+    assert out.dtype == jnp.bfloat16
+    params = jax.tree.leaves(nnx.state(block, nnx.Param))
+    assert params and all(p.dtype == jnp.float32 for p in params)

@@ -20,3 +20,23 @@ def test_unknown_model_name_lists_the_choices():
     config.model.name = "vit"
     with pytest.raises(ValueError, match=r"model\.name='vit' is not known; allowed: unet"):
         registry.make_model_config(config.model, image_size=32, channels=3)
+
+
+def test_unknown_model_field_is_named_with_the_allowed_ones():
+    config = cifar_ddpm.get_config()
+    config.model.num_layers = 12
+    with pytest.raises(
+        ValueError, match=r"model\.num_layers is not a field .*allowed: .*base_channels"
+    ):
+        registry.make_model_config(config.model, image_size=32, channels=3)
+
+
+def test_data_shape_and_conditioning_flow_into_the_validated_config():
+    config = cifar_ddpm.get_config()
+    model_config = registry.make_model_config(
+        config.model, image_size=32, channels=1, num_classes=10, context_dim=64
+    )
+    assert (model_config.in_channels, model_config.out_channels) == (1, 1)
+    assert (model_config.num_classes, model_config.context_dim) == (10, 64)
+    with pytest.raises(ValueError, match=r"data\.image_size=28 cannot be halved 3 times"):
+        registry.make_model_config(config.model, image_size=28, channels=3)

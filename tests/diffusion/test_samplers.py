@@ -116,7 +116,7 @@ def test_deterministic_samplers_are_deterministic_and_ancestral_ones_are_not(sch
     model_fn = gaussian_model_fn(schedule, MEAN, STD, "eps")
     x_T = jnp.zeros((16, 4))
     for name in ("ddpm", "euler_ancestral", "dpmpp_2m_sde"):
-        run = lambda k: (
+        run = lambda k, name=name: (
             samplers.sample(model_fn, schedule, x_T, k, sampler=name, num_steps=20).samples
         )  # noqa: E731
         assert not np.allclose(run(jax.random.key(0)), run(jax.random.key(1))), name

@@ -46,7 +46,7 @@ def get_config() -> ml_collections.ConfigDict:
         2,
     )  # Per-level multipliers; each level after the first halves.
     config.model.num_res_blocks = 2  # ResBlocks per level on the way down.
-    config.model.attention_resolutions = (16,)  # Feature-map sizes that get self-attention.
+    config.model.attention_resolutions = (4,)  # Feature-map sizes that get self-attention.
     config.model.num_heads = 1  # Heads of each self-attention layer.
     config.model.dropout = 0.1  # Dropout inside ResBlocks (training only).
     config.model.num_groups = 32  # GroupNorm groups.

@@ -29,6 +29,8 @@ def get_config() -> ml_collections.ConfigDict:
 
     # --- Diffusion process ----------------------------------------------------------------------
     config.diffusion = ml_collections.ConfigDict()
+    config.diffusion.process = "ddpm"  # "ddpm" (VP noise schedule) | "flow" (rectified flow).
+    config.diffusion.flow_shift = 1.0  # Flow sampling: SD3 timestep shift (> 1: more noisy steps).
     config.diffusion.schedule = "linear"  # "linear" | "cosine" | "scaled_linear".
     config.diffusion.num_timesteps = 1000  # T, the number of discrete noise levels.
     config.diffusion.beta_start = 1e-4  # beta_1 for linear / scaled_linear.

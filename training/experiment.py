@@ -12,7 +12,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 import sharding
-from diffusion import forward, schedules
+from diffusion import flow, forward, schedules
 from diffusion.schedules import NoiseSchedule
 from input_pipeline import pipeline
 from models import registry
@@ -20,6 +20,8 @@ from models.functional import FunctionalModel, functionalize
 from training.optimizer import OptimizerConfig, learning_rate_schedule, make_optimizer
 from training.sampling import SamplerConfig
 from training.train_step import StepConfig
+
+PROCESSES = ("ddpm", "flow")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,6 +38,7 @@ class Experiment:
     step_config: StepConfig
     sampler: SamplerConfig
     mesh: Mesh
+    flow_shift: float = 1.0
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -79,6 +82,11 @@ def build_experiment(
         diffusion_cfg.beta_end,
     )
     forward.validate_prediction(diffusion_cfg.prediction)
+    if diffusion_cfg.process not in PROCESSES:
+        raise ValueError(
+            f"diffusion.process={diffusion_cfg.process!r} is not known; allowed: "
+            f"{', '.join(PROCESSES)}"
+        )
     model_config = registry.make_model_config(
         config.model, image_size=data.image_size, channels=data.channels
     )
@@ -86,7 +94,10 @@ def build_experiment(
     optimizer_config = OptimizerConfig(**config.optimizer)
     optimizer_config.validate()
     sampler = SamplerConfig(**config.sampler)
-    sampler.validate(schedule.num_timesteps)
+    if diffusion_cfg.process == "flow":
+        flow.validate_flow_sampler(sampler.name, sampler.num_steps, diffusion_cfg.flow_shift)
+    else:
+        sampler.validate(schedule.num_timesteps)
     return Experiment(
         data=data,
         schedule=schedule,
@@ -96,8 +107,11 @@ def build_experiment(
         optimizer=make_optimizer(optimizer_config),
         learning_rate_fn=learning_rate_schedule(optimizer_config),
         step_config=StepConfig(
-            prediction=diffusion_cfg.prediction, ema_decay=optimizer_config.ema_decay
+            prediction=diffusion_cfg.prediction,
+            ema_decay=optimizer_config.ema_decay,
+            process=diffusion_cfg.process,
         ),
+        flow_shift=diffusion_cfg.flow_shift,
         sampler=sampler,
         mesh=mesh,
     )

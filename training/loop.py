@@ -131,6 +131,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         image_shape=experiment.image_shape,
         mesh=mesh,
         params_sharding=shardings.ema_params,
+        process=experiment.step_config.process,
+        flow_shift=experiment.flow_shift,
     )
     batches = pipeline.create_train_iterator(
         experiment.data,

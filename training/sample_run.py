@@ -39,6 +39,8 @@ def sample_from_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> n
         image_shape=experiment.image_shape,
         mesh=experiment.mesh,
         params_sharding=shardings.ema_params,
+        process=experiment.step_config.process,
+        flow_shift=experiment.flow_shift,
     )
     start = time.perf_counter()
     samples = sample_fn(state.ema_params, jax.random.key(config.seed))

@@ -12,7 +12,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 import sharding
-from diffusion import guidance, samplers
+from diffusion import flow, guidance, samplers
 from diffusion.schedules import NoiseSchedule
 from models.functional import FunctionalModel, Params
 
@@ -54,6 +54,8 @@ def make_sample_fn(
     image_shape: tuple[int, int, int],
     mesh: Mesh,
     params_sharding,
+    process: str = "ddpm",
+    flow_shift: float = 1.0,
 ) -> Callable[[Params, jax.Array], jax.Array]:
     """Returns `sample_fn(params, key) -> numpy images [num_samples, H, W, C]`, compiled once.
 
@@ -72,6 +74,10 @@ def make_sample_fn(
         def model_fn(x_t, t):
             return model.apply(params, x_t, t)
 
+        if process == "flow":
+            return flow.sample_flow(
+                model_fn, x_T, sampler=sampler.name, num_steps=sampler.num_steps, shift=flow_shift
+            )[0]
         return samplers.sample(
             model_fn,
             schedule,

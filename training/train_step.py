@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from diffusion import losses
+from diffusion import flow, losses
 from diffusion.schedules import NoiseSchedule
 from models.functional import FunctionalModel
 from training.train_state import TrainState, step_key
@@ -21,6 +21,7 @@ class StepConfig:
 
     prediction: str = "eps"
     ema_decay: float = 0.9999
+    process: str = "ddpm"  # "ddpm": noise-prediction loss; "flow": velocity (flow matching)
 
 
 def ema_update(ema_params, params, decay: float):
@@ -47,6 +48,8 @@ def train_step(
             return model.apply(params, x_t, t, dropout_key=dropout_key)
 
         with jax.named_scope("diffusion_loss"):
+            if config.process == "flow":
+                return flow.flow_matching_loss(model_fn, batch["image"], loss_key)
             return losses.noise_prediction_loss(
                 model_fn, schedule, batch["image"], loss_key, config.prediction
             )

@@ -59,3 +59,16 @@ def test_valid_configs_build_without_compiling(monkeypatch):
     for module in (digits_ddpm, cifar_ddpm):
         experiment = experiment_lib.build_experiment(module.get_config())
         assert experiment.schedule.num_timesteps == 1000
+
+
+def test_unknown_process_and_non_flow_sampler(monkeypatch):
+    config = digits_ddpm.get_config()
+    config.diffusion.process = "edm"
+    _expect_error_before_compiling(config, r"diffusion\.process='edm'.*ddpm, flow", monkeypatch)
+    from configs import digits_flow
+
+    config = digits_flow.get_config()
+    config.sampler.name = "dpmpp_2m"
+    _expect_error_before_compiling(
+        config, r"sampler\.name='dpmpp_2m' cannot integrate a flow", monkeypatch
+    )

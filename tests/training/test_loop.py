@@ -45,3 +45,31 @@ def test_digits_run_writes_checkpoint_metrics_samples_and_resumes(tiny_config, t
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["4", "6"]
     steps_logged = [step for step, _ in _scalars(workdir)["loss"]]
     assert steps_logged == [2, 4, 6]  # nothing re-run between 1 and 4
+
+
+@pytest.mark.slow
+def test_flow_matching_run_trains_and_samples(tiny_config, tmp_path):
+    from configs import digits_flow
+
+    config = digits_flow.get_config()
+    config.update(
+        {
+            k: tiny_config[k]
+            for k in (
+                "num_train_steps",
+                "batch_size",
+                "log_every_steps",
+                "checkpoint_every_steps",
+                "sample_every_steps",
+            )
+        }
+    )
+    config.model = tiny_config.model
+    config.sampler.num_steps = 4
+    config.sampler.num_samples = 16
+    workdir = str(tmp_path / "flow")
+    state = loop.train_and_evaluate(config, workdir)
+    assert int(state.step) == 4
+    grid = np.asarray(Image.open(os.path.join(workdir, "samples", "step_00000004.png")))
+    assert grid.std() > 0
+    assert all(np.isfinite(v) for _, v in _scalars(workdir)["loss"])

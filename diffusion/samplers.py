@@ -111,22 +111,26 @@ def _safe_ratio(numerator: jax.Array, denominator: jax.Array) -> jax.Array:
     return jnp.where(ok, numerator / jnp.where(ok, denominator, 1.0), 1.0)
 
 
-def _dpm_second_order(g: Step, state: State) -> jax.Array:
-    """Whether a 2M step may use the previous x0: not on the first step nor the final one."""
-    return (g["index"] > 0) & (g["steps_left"] > 1)
+def _dpm_multistep_x0(
+    denoise: Denoiser, x, state: State, g: Step
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(x0, h, d) of a 2M step: d = x0 + (x0 - x0_prev) / (2 r) with r = h_prev / h (midpoint
+    form, Lu et al. 2022), falling back to x0 on the first and the final step."""
+    sigma, sigma_next = g["sigma"], g["sigma_next"]
+    x0 = denoise(x, sigma, g["t"])
+    h = _half_log_snr(sigma_next) - _half_log_snr(sigma)
+    r = _safe_ratio(state["h"], h)
+    second_order = (g["index"] > 0) & (g["steps_left"] > 1)
+    d = jnp.where(second_order, x0 + (x0 - state["x0"]) / (2.0 * r), x0)
+    return x0, h, d
 
 
 def dpmpp_2m_step(
     denoise: Denoiser, x, state: State, g: Step, noise, eta
 ) -> tuple[jax.Array, State]:
     """DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2) in the sigma view; first order at the ends."""
-    sigma, sigma_next = g["sigma"], g["sigma_next"]
-    x0 = denoise(x, sigma, g["t"])
-    h = _half_log_snr(sigma_next) - _half_log_snr(sigma)
-    r = _safe_ratio(state["h"], h)
-    corrected = x0 + (x0 - state["x0"]) / (2.0 * r)
-    d = jnp.where(_dpm_second_order(g, state), corrected, x0)
-    x_next = (sigma_next / sigma) * x - jnp.expm1(-h) * d
+    x0, h, d = _dpm_multistep_x0(denoise, x, state, g)
+    x_next = (g["sigma_next"] / g["sigma"]) * x - jnp.expm1(-h) * d
     return x_next, {"x0": x0, "h": h}
 
 
@@ -134,14 +138,10 @@ def dpmpp_2m_sde_step(
     denoise: Denoiser, x, state: State, g: Step, noise, eta
 ) -> tuple[jax.Array, State]:
     """SDE variant of DPM-Solver++(2M) (Lu et al. 2022, appendix; midpoint form)."""
-    sigma, sigma_next = g["sigma"], g["sigma_next"]
-    x0 = denoise(x, sigma, g["t"])
-    h = _half_log_snr(sigma_next) - _half_log_snr(sigma)
-    r = _safe_ratio(state["h"], h)
+    x0, h, d = _dpm_multistep_x0(denoise, x, state, g)
     one_minus = -jnp.expm1(-2.0 * h)  # 1 - exp(-2h)
-    d = jnp.where(_dpm_second_order(g, state), x0 + 0.5 * (x0 - state["x0"]) / r, x0)
-    x_next = (sigma_next / sigma) * jnp.exp(-h) * x + one_minus * d
-    x_next = x_next + sigma_next * jnp.sqrt(one_minus) * noise
+    x_next = (g["sigma_next"] / g["sigma"]) * jnp.exp(-h) * x + one_minus * d
+    x_next = x_next + g["sigma_next"] * jnp.sqrt(one_minus) * noise
     return x_next, {"x0": x0, "h": h}
 
 

@@ -70,6 +70,9 @@ def get_config() -> ml_collections.ConfigDict:
     # ddpm | ddim | euler | euler_ancestral | heun | dpmpp_2m | dpmpp_2m_sde | lms | unipc
     config.sampler.name = "ddim"
     config.sampler.num_steps = 100  # Reverse steps (network evaluations; Heun uses 2 per step).
+    # Pad the step grid to this length so every num_steps <= max_steps shares one compile (padding
+    # steps are skipped and cost no network calls); 0 disables padding.
+    config.sampler.max_steps = 0
     config.sampler.spacing = "trailing"  # linspace | leading | trailing | karras (Lin et al. 2024).
     config.sampler.eta = 0.0  # DDIM stochasticity: 0 is deterministic, 1 matches DDPM's variance.
     config.sampler.num_samples = 64  # Images in each sample grid / --mode=sample run.

@@ -12,7 +12,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 import sharding
-from diffusion import flow, guidance, samplers
+from diffusion import flow, grids, guidance, samplers
 from diffusion.schedules import NoiseSchedule
 from models.functional import FunctionalModel, Params
 
@@ -23,6 +23,7 @@ class SamplerConfig:
 
     name: str = "ddim"
     num_steps: int = 100
+    max_steps: int = 0  # pad the step grid to this length (0: no padding), one compile for all
     spacing: str = "trailing"
     eta: float = 0.0
     num_samples: int = 64
@@ -41,6 +42,11 @@ class SamplerConfig:
             )
         if not 0.0 <= self.eta <= 1.0:
             raise ValueError(f"sampler.eta={self.eta!r} must be in [0, 1].")
+        if self.max_steps and not self.num_steps <= self.max_steps <= num_timesteps:
+            raise ValueError(
+                f"sampler.max_steps={self.max_steps!r} must be 0 (no padding) or in "
+                f"[sampler.num_steps={self.num_steps}, {num_timesteps}]."
+            )
         if self.num_samples < 1:
             raise ValueError(f"sampler.num_samples={self.num_samples!r} must be >= 1.")
 
@@ -66,7 +72,7 @@ def make_sample_fn(
     padded = -(-sampler.num_samples // shards) * shards
     batch_sharding = sharding.batch_sharding(mesh)
 
-    def sample_fn(params: Params, key: jax.Array) -> jax.Array:
+    def sample_fn(params: Params, key: jax.Array, grid: grids.Grid | None) -> jax.Array:
         noise_key, chain_key = jax.random.split(key)
         x_T = jax.random.normal(noise_key, (padded, *image_shape), jnp.float32)
         x_T = jax.lax.with_sharding_constraint(x_T, batch_sharding)
@@ -78,29 +84,32 @@ def make_sample_fn(
             return flow.sample_flow(
                 model_fn, x_T, sampler=sampler.name, num_steps=sampler.num_steps, shift=flow_shift
             )[0]
-        return samplers.sample(
-            model_fn,
-            schedule,
-            x_T,
-            chain_key,
-            sampler=sampler.name,
-            num_steps=sampler.num_steps,
-            spacing=sampler.spacing,
-            prediction=prediction,
-            eta=sampler.eta,
-            thresholding=sampler.thresholding,
-            dynamic_percentile=sampler.dynamic_percentile,
+        denoise = samplers.make_denoiser(
+            model_fn, prediction, sampler.thresholding, sampler.dynamic_percentile
+        )
+        return samplers.sample_on_grid(
+            denoise, grid, x_T, chain_key, sampler=sampler.name, eta=sampler.eta
         ).samples
 
     jitted = jax.jit(
         sample_fn,
-        in_shardings=(params_sharding, sharding.replicated(mesh)),
+        in_shardings=(params_sharding, sharding.replicated(mesh), sharding.replicated(mesh)),
         out_shardings=batch_sharding,
     )
 
-    def sample_to_host(params: Params, key: jax.Array) -> np.ndarray:
-        images = multihost_utils.process_allgather(jitted(params, key), tiled=True)
+    def sample_to_host(params: Params, key: jax.Array, num_steps: int | None = None) -> np.ndarray:
+        """Samples with `num_steps` (default sampler.num_steps); with sampler.max_steps set, every
+        step count up to it reuses one compiled chain."""
+        num_steps = sampler.num_steps if num_steps is None else num_steps
+        grid = None
+        if process != "flow":
+            samplers.validate_sampler(sampler.name, num_steps, schedule.num_timesteps)
+            grid = grids.make_grid(
+                schedule, num_steps, sampler.spacing, max_steps=sampler.max_steps or None
+            )
+        images = multihost_utils.process_allgather(jitted(params, key, grid), tiled=True)
         # The data range is [-1, 1]; the last step can overshoot it by float rounding.
         return np.clip(np.asarray(images)[: sampler.num_samples], -1.0, 1.0)
 
+    sample_to_host.chain = jitted  # the jitted chain, for compile-count checks
     return sample_to_host

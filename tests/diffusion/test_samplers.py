@@ -6,7 +6,7 @@ import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from diffusion import samplers, schedules
-from tests.diffusion.gaussian_oracle import (
+from diffusion.analytic import (
     gaussian_model_fn,
     mixture_model_fn,
     mixture_samples,

@@ -1,4 +1,6 @@
-"""Exact denoisers for Gaussian and Gaussian-mixture data, shared by the diffusion tests."""
+"""Exact denoisers for Gaussian and Gaussian-mixture data: ground truth for testing samplers."""
+
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -17,7 +19,9 @@ def alpha_bar_at_time(schedule: NoiseSchedule, t: jax.Array) -> jax.Array:
     return 1.0 / (1.0 + sigma**2)
 
 
-def gaussian_model_fn(schedule: NoiseSchedule, mean: float, std: float, prediction: str):
+def gaussian_model_fn(
+    schedule: NoiseSchedule, mean: float, std: float, prediction: str
+) -> Callable[[jax.Array, jax.Array], jax.Array]:
     """Network output of the exact posterior for x0 ~ N(mean, std^2 I), in any parameterisation.
 
     With x_t = a x0 + s eps: x_t ~ N(a mean, a^2 std^2 + s^2) and
@@ -34,7 +38,9 @@ def gaussian_model_fn(schedule: NoiseSchedule, mean: float, std: float, predicti
     return model_fn
 
 
-def mixture_model_fn(schedule: NoiseSchedule, means, stds, weights, prediction: str = "eps"):
+def mixture_model_fn(
+    schedule: NoiseSchedule, means, stds, weights, prediction: str = "eps"
+) -> Callable[[jax.Array, jax.Array], jax.Array]:
     """Exact E[x0 | x_t] for a 1-D Gaussian mixture applied elementwise (each pixel iid)."""
     means, stds, weights = (jnp.asarray(v, jnp.float32) for v in (means, stds, weights))
 
@@ -48,7 +54,6 @@ def mixture_model_fn(schedule: NoiseSchedule, means, stds, weights, prediction: 
         resp = jax.nn.softmax(log_resp, axis=-1)
         component_x0 = means + a * stds**2 * (x - a * means) / var
         x0 = jnp.sum(resp * component_x0, axis=-1)
-        alpha_bar = alpha_bar
         eps = forward.eps_from_x0(x_t, x0, alpha_bar)
         return forward.training_target(prediction, x0, eps, alpha_bar)
 

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
 
-from input_pipeline import digits, tfds_source
+from input_pipeline import captions, digits, tfds_source
 
-Batch = dict[str, np.ndarray]  # {"image": float32 [b, H, W, C] in [-1, 1], "label": int32 [b]}
+# {"image": float32 [b, H, W, C] in [-1, 1], "label": int32 [b], "caption_id": int32 [b]}
+Batch = dict[str, np.ndarray]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,7 +74,7 @@ def create_train_iterator(
     if per_process_batch_size < 1:
         raise ValueError(f"per-process batch size {per_process_batch_size} must be >= 1.")
     factory = DATASETS[cfg.name][3]
-    return factory(
+    batches = factory(
         cfg,
         per_process_batch_size=per_process_batch_size,
         seed=seed,
@@ -80,3 +82,17 @@ def create_train_iterator(
         process_count=process_count,
         start_step=start_step,
     )
+    if cfg.name not in captions.CAPTIONS:
+        return batches
+    return _with_captions(batches, cfg.name, seed, process_index, start_step)
+
+
+def _with_captions(
+    batches: Iterator[Batch], dataset: str, seed: int, process_index: int, start_step: int
+) -> Iterator[Batch]:
+    """Adds `caption_id` (a row of `captions.caption_table(dataset)`) to each labelled batch."""
+    for step, batch in zip(itertools.count(start_step), batches, strict=False):
+        ids = captions.caption_ids(
+            batch["label"], dataset, seed=seed, step=step, process_index=process_index
+        )
+        yield {**batch, "caption_id": ids}

@@ -151,11 +151,7 @@ class ResBlock(nnx.Module):
 
 
 class AttentionBlock(nnx.Module):
-    """Residual multi-head self-attention over H*W positions, optionally then cross-attention.
-
-    Cross-attention (queries from the image, keys/values from `context` [B, L, context_dim]) is the
-    text-conditioning path of Rombach et al. 2022; `context_mask` [B, L] marks real tokens.
-    """
+    """Residual multi-head self-attention over the H*W positions (Ho et al. 2020)."""
 
     def __init__(
         self,
@@ -163,7 +159,6 @@ class AttentionBlock(nnx.Module):
         *,
         num_heads: int,
         num_groups: int,
-        context_dim: int | None = None,
         dtype=jnp.float32,
         rngs: nnx.Rngs,
     ):
@@ -176,36 +171,83 @@ class AttentionBlock(nnx.Module):
         self.out = dense(
             channels, channels, axes=("heads", "embed"), zero_init=True, dtype=dtype, rngs=rngs
         )
-        self.cross = (
-            CrossAttention(
-                channels,
-                context_dim,
-                num_heads=num_heads,
-                num_groups=num_groups,
-                dtype=dtype,
-                rngs=rngs,
-            )
-            if context_dim is not None
-            else None
-        )
 
-    def __call__(
-        self,
-        x: jax.Array,
-        context: jax.Array | None = None,
-        context_mask: jax.Array | None = None,
-    ) -> jax.Array:
+    def __call__(self, x: jax.Array, context=None, context_mask=None) -> jax.Array:
+        """Context arguments are accepted (and unused) so every attention block is called alike."""
         batch, height, width, channels = x.shape
         h = self.norm(x).reshape(batch, height * width, channels)
         attended = attention(self.query(h), self.key(h), self.value(h), self.num_heads)
-        x = x + self.out(attended).reshape(x.shape)
-        if self.cross is not None and context is not None:
-            x = self.cross(x, context, context_mask)
-        return x
+        return x + self.out(attended).reshape(x.shape)
 
 
-class CrossAttention(nnx.Module):
-    """Residual attention from image positions to context tokens."""
+def layer_norm(channels: int, *, dtype=jnp.float32, rngs: nnx.Rngs) -> nnx.LayerNorm:
+    """LayerNorm over channels with named scale/bias."""
+    return nnx.LayerNorm(
+        channels,
+        epsilon=1e-5,
+        scale_init=partitioned(ones, ("norm",)),
+        bias_init=partitioned(zeros, ("norm",)),
+        dtype=dtype,
+        rngs=rngs,
+    )
+
+
+class MultiHeadAttention(nnx.Module):
+    """Projections around `attention`: queries from x, keys/values from `source` (x if None)."""
+
+    def __init__(
+        self,
+        channels: int,
+        source_dim: int,
+        *,
+        num_heads: int,
+        zero_init_out: bool = False,
+        dtype=jnp.float32,
+        rngs: nnx.Rngs,
+    ):
+        self.num_heads = num_heads
+        self.query = dense(channels, channels, axes=("embed", "heads"), dtype=dtype, rngs=rngs)
+        self.key = dense(source_dim, channels, axes=("embed", "heads"), dtype=dtype, rngs=rngs)
+        self.value = dense(source_dim, channels, axes=("embed", "heads"), dtype=dtype, rngs=rngs)
+        self.out = dense(
+            channels,
+            channels,
+            axes=("heads", "embed"),
+            zero_init=zero_init_out,
+            dtype=dtype,
+            rngs=rngs,
+        )
+
+    def __call__(
+        self, x: jax.Array, source: jax.Array | None = None, mask: jax.Array | None = None
+    ) -> jax.Array:
+        source = x if source is None else source
+        attended = attention(
+            self.query(x), self.key(source), self.value(source), self.num_heads, mask
+        )
+        return self.out(attended)
+
+
+class GEGLU(nnx.Module):
+    """Gated-GELU feed-forward, width 4x (Shazeer 2020; the FF of Stable Diffusion's blocks)."""
+
+    def __init__(self, channels: int, *, dtype=jnp.float32, rngs: nnx.Rngs):
+        self.proj = dense(channels, 8 * channels, dtype=dtype, rngs=rngs)
+        self.out = dense(4 * channels, channels, axes=("mlp", "embed"), dtype=dtype, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        value, gate = jnp.split(self.proj(x), 2, axis=-1)
+        return self.out(value * jax.nn.gelu(gate, approximate=False))
+
+
+class SpatialTransformer(nnx.Module):
+    """Stable-Diffusion text-conditioning block on a feature map (Rombach et al. 2022, sec. 3.3).
+
+    GroupNorm and a linear projection to tokens, then one transformer block (LayerNorm +
+    self-attention, LayerNorm + cross-attention to `context` [B, L, context_dim] with
+    `context_mask` [B, L] True on real tokens, LayerNorm + GEGLU feed-forward, each residual);
+    a zero-initialised projection back plus the outer residual make it the identity at init.
+    """
 
     def __init__(
         self,
@@ -217,25 +259,34 @@ class CrossAttention(nnx.Module):
         dtype=jnp.float32,
         rngs: nnx.Rngs,
     ):
-        self.num_heads = num_heads
-        self.norm = group_norm(channels, num_groups, dtype=dtype, rngs=rngs)
-        self.query = dense(channels, channels, axes=("embed", "heads"), dtype=dtype, rngs=rngs)
-        self.key = dense(context_dim, channels, axes=("embed", "heads"), dtype=dtype, rngs=rngs)
-        self.value = dense(context_dim, channels, axes=("embed", "heads"), dtype=dtype, rngs=rngs)
-        self.out = dense(
-            channels, channels, axes=("heads", "embed"), zero_init=True, dtype=dtype, rngs=rngs
+        common = dict(dtype=dtype, rngs=rngs)
+        self.norm = group_norm(channels, num_groups, **common)
+        self.proj_in = dense(channels, channels, axes=("embed", "mlp"), **common)
+        self.norm_self = layer_norm(channels, **common)
+        self.self_attention = MultiHeadAttention(channels, channels, num_heads=num_heads, **common)
+        self.norm_cross = layer_norm(channels, **common)
+        self.cross_attention = MultiHeadAttention(
+            channels, context_dim, num_heads=num_heads, **common
         )
+        self.norm_ff = layer_norm(channels, **common)
+        self.feed_forward = GEGLU(channels, **common)
+        self.proj_out = dense(channels, channels, axes=("mlp", "embed"), zero_init=True, **common)
 
     def __call__(
-        self, x: jax.Array, context: jax.Array, context_mask: jax.Array | None = None
+        self,
+        x: jax.Array,
+        context: jax.Array | None = None,
+        context_mask: jax.Array | None = None,
     ) -> jax.Array:
+        """Without `context` the cross-attention sublayer is skipped (an unconditional call)."""
         batch, height, width, channels = x.shape
-        h = self.norm(x).reshape(batch, height * width, channels)
-        mask = None if context_mask is None else context_mask[:, None, None, :].astype(bool)
-        attended = attention(
-            self.query(h), self.key(context), self.value(context), self.num_heads, mask
-        )
-        return x + self.out(attended).reshape(x.shape)
+        h = self.proj_in(self.norm(x).reshape(batch, height * width, channels))
+        h = h + self.self_attention(self.norm_self(h))
+        if context is not None:
+            mask = None if context_mask is None else context_mask[:, None, None, :].astype(bool)
+            h = h + self.cross_attention(self.norm_cross(h), context.astype(h.dtype), mask)
+        h = h + self.feed_forward(self.norm_ff(h))
+        return x + self.proj_out(h).reshape(x.shape)
 
 
 def attention(

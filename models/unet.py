@@ -29,6 +29,7 @@ class UNetConfig:
     num_groups: int = 32
     num_classes: int | None = None  # class-conditional when set; index num_classes = "no class"
     context_dim: int | None = None  # cross-attention to text tokens when set
+    pooled_dim: int | None = None  # a pooled text embedding added to the timestep embedding
     dtype: str = "float32"
 
     @property
@@ -75,7 +76,7 @@ class UNetConfig:
             )
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"model.dropout={self.dropout} must be in [0, 1).")
-        for name in ("num_classes", "context_dim"):
+        for name in ("num_classes", "context_dim", "pooled_dim"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name}={value} must be a positive int or None (unconditional).")
@@ -93,12 +94,15 @@ class UNet(nnx.Module):
         base, embed_dim = config.base_channels, 4 * config.base_channels
         block = dict(num_groups=config.num_groups, dropout=config.dropout, dtype=dtype, rngs=rngs)
         attn = dict(
-            num_heads=config.num_heads,
-            num_groups=config.num_groups,
-            context_dim=config.context_dim,
-            dtype=dtype,
-            rngs=rngs,
+            num_heads=config.num_heads, num_groups=config.num_groups, dtype=dtype, rngs=rngs
         )
+
+        def attention_block(channels: int) -> nnx.Module:
+            # Text-conditioned U-Nets use Stable Diffusion's transformer blocks; others DDPM's.
+            if config.context_dim is None:
+                return layers.AttentionBlock(channels, **attn)
+            return layers.SpatialTransformer(channels, config.context_dim, **attn)
+
         self.time_embed = layers.TimestepMLP(base, embed_dim, dtype=dtype, rngs=rngs)
         self.class_embed = (
             nnx.Embed(
@@ -110,6 +114,11 @@ class UNet(nnx.Module):
                 rngs=rngs,
             )
             if config.num_classes is not None
+            else None
+        )
+        self.pooled_proj = (
+            layers.dense(config.pooled_dim, embed_dim, dtype=dtype, rngs=rngs)
+            if config.pooled_dim is not None
             else None
         )
         self.conv_in = layers.conv(config.in_channels, base, dtype=dtype, rngs=rngs)
@@ -125,14 +134,14 @@ class UNet(nnx.Module):
             for _ in range(config.num_res_blocks):
                 self.down_blocks.append(layers.ResBlock(channels, base * mult, embed_dim, **block))
                 channels = base * mult
-                self.down_attn.append(layers.AttentionBlock(channels, **attn) if use_attn else None)
+                self.down_attn.append(attention_block(channels) if use_attn else None)
                 skip_channels.append(channels)
             if level < len(config.channel_mult) - 1:
                 self.downsamplers.append(layers.Downsample(channels, dtype=dtype, rngs=rngs))
                 skip_channels.append(channels)
 
         self.mid_block1 = layers.ResBlock(channels, channels, embed_dim, **block)
-        self.mid_attn = layers.AttentionBlock(channels, **attn)
+        self.mid_attn = attention_block(channels)
         self.mid_block2 = layers.ResBlock(channels, channels, embed_dim, **block)
 
         # Up path: num_res_blocks + 1 blocks per level, each eating one skip connection.
@@ -146,7 +155,7 @@ class UNet(nnx.Module):
                 skip = skip_channels.pop()
                 self.up_blocks.append(layers.ResBlock(channels + skip, out, embed_dim, **block))
                 channels = out
-                self.up_attn.append(layers.AttentionBlock(channels, **attn) if use_attn else None)
+                self.up_attn.append(attention_block(channels) if use_attn else None)
             if level > 0:
                 self.upsamplers.append(layers.Upsample(channels, dtype=dtype, rngs=rngs))
 
@@ -163,6 +172,7 @@ class UNet(nnx.Module):
         class_labels: jax.Array | None = None,
         context: jax.Array | None = None,
         context_mask: jax.Array | None = None,
+        pooled: jax.Array | None = None,
     ) -> jax.Array:
         """Predicts from noisy images; conditioning is optional and must match the config.
 
@@ -172,6 +182,7 @@ class UNet(nnx.Module):
           class_labels: int [B] in [0, num_classes]; None or num_classes means "no class".
           context: tokens [B, L, context_dim] for cross-attention; None skips cross-attention.
           context_mask: bool [B, L], True for real tokens; None attends to all L tokens.
+          pooled: [B, pooled_dim] pooled text embedding, added to the timestep embedding.
 
         Returns:
           [B, H, W, out_channels] in float32.
@@ -181,11 +192,15 @@ class UNet(nnx.Module):
             raise ValueError("class_labels were given but the U-Net has num_classes=None.")
         if context is not None and config.context_dim is None:
             raise ValueError("context was given but the U-Net has context_dim=None.")
+        if pooled is not None and self.pooled_proj is None:
+            raise ValueError("pooled was given but the U-Net has pooled_dim=None.")
         embedding = self.time_embed(t)  # [B, 4 * base]
         if self.class_embed is not None:
             if class_labels is None:  # unconditional: the reserved "no class" row
                 class_labels = jnp.full(t.shape, config.num_classes, jnp.int32)
             embedding = embedding + self.class_embed(class_labels)
+        if pooled is not None:
+            embedding = embedding + self.pooled_proj(pooled.astype(embedding.dtype))
         cond = dict(context=context, context_mask=context_mask)
 
         h = self.conv_in(x.astype(DTYPES[config.dtype]))

@@ -58,10 +58,22 @@ def test_resample_shapes_and_every_param_is_named():
 
 def test_bfloat16_blocks_keep_float32_params():
     rngs = nnx.Rngs(0)
-    block = layers.AttentionBlock(
-        16, num_heads=2, num_groups=8, context_dim=4, dtype=jnp.bfloat16, rngs=rngs
+    block = layers.SpatialTransformer(
+        16, 4, num_heads=2, num_groups=8, dtype=jnp.bfloat16, rngs=rngs
     )
     out = block(jnp.ones((1, 4, 4, 16), jnp.bfloat16), context=jnp.ones((1, 3, 4)))
     assert out.dtype == jnp.bfloat16
     params = jax.tree.leaves(nnx.state(block, nnx.Param))
     assert params and all(p.dtype == jnp.float32 for p in params)
+
+
+def test_spatial_transformer_is_the_identity_at_init_and_reads_its_context():
+    block = layers.SpatialTransformer(16, 6, num_heads=2, num_groups=8, rngs=nnx.Rngs(0))
+    x = jax.random.normal(jax.random.key(0), (2, 4, 4, 16))
+    context = jax.random.normal(jax.random.key(1), (2, 3, 6))
+    np.testing.assert_array_equal(block(x, context), x)  # zero-initialised proj_out
+    block.proj_out.kernel.value = jax.random.normal(jax.random.key(2), (16, 16)) * 0.1
+    with_context = block(x, context)
+    assert not np.allclose(with_context, x)
+    assert not np.allclose(with_context, block(x, 2.0 * context))
+    assert not np.allclose(with_context, block(x))  # no context: cross-attention skipped

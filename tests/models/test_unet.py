@@ -156,6 +156,19 @@ def test_conditioning_the_network_was_not_built_for_is_an_error():
         jax.eval_shape(
             lambda p: model.apply(p, x, t, context=jnp.ones((1, 2, 4))), model.abstract_params
         )
+    with pytest.raises(ValueError, match="pooled_dim=None"):
+        jax.eval_shape(
+            lambda p: model.apply(p, x, t, pooled=jnp.ones((1, 4))), model.abstract_params
+        )
+
+
+def test_pooled_text_embedding_conditions_the_output():
+    _, apply, params = _random_network(_tiny(pooled_dim=6, dropout=0.0))
+    x, t = jnp.ones((2, 8, 8, 1)), jnp.array([10, 10])
+    pooled = jax.random.normal(jax.random.key(4), (2, 6))
+    a = apply(params, x, t, pooled=pooled)
+    assert not np.allclose(a[0], a[1])
+    assert not np.allclose(a, apply(params, x, t))
 
 
 @pytest.mark.parametrize(

@@ -117,9 +117,8 @@ def main() -> None:
         cells = []
         for nfe in nfes:
             steps = steps_for_nfe(sampler, nfe)
-            ours_w1 = wasserstein_1d(
-                ours(model_fn, schedule, sampler, steps, jnp.asarray(x_T)), exact
-            )
+            drawn = ours(model_fn, schedule, sampler, steps, args.spacing, jnp.asarray(x_T))
+            ours_w1 = wasserstein_1d(drawn, exact)
             ref_w1 = float("nan")
             if not args.no_diffusers:
                 drawn = reference(model_fn, schedule, sampler, steps, args.spacing, x_T)

@@ -19,6 +19,8 @@ from diffusion.schedules import NoiseSchedule
 SPACINGS = ("linspace", "leading", "trailing", "karras")
 KARRAS_RHO = 7.0
 LMS_MAX_ORDER = 4
+# Samplers whose linspace / leading grids skip t = 0 (see `spaced_timesteps`).
+MULTISTEP_SOLVERS = ("dpmpp_2m", "dpmpp_2m_sde", "unipc")
 
 
 @jax.tree_util.register_dataclass
@@ -64,8 +66,21 @@ def sigma_to_timestep(sigmas: np.ndarray, schedule_sigmas: np.ndarray) -> np.nda
     return np.interp(np.log(np.maximum(sigmas, 1e-10)), log_sigmas, np.arange(len(log_sigmas)))
 
 
-def spaced_timesteps(num_timesteps: int, num_steps: int, spacing: str) -> np.ndarray:
-    """Decreasing timesteps for the spacings of Lin et al. 2024 (table 2), float64 [n]."""
+def spaced_timesteps(
+    num_timesteps: int, num_steps: int, spacing: str, *, skip_zero: bool = False
+) -> np.ndarray:
+    """Decreasing timesteps for the spacings of Lin et al. 2024 (table 2), float64 [n].
+
+    `skip_zero` is the multistep solvers' convention (DPM-Solver++, UniPC; diffusers does the
+    same): linspace / leading place n + 1 integer points and drop t = 0, so the last step goes
+    straight to sigma = 0 instead of taking a tiny step from t = 0 after a long one.
+    """
+    if skip_zero and spacing in ("leading", "linspace"):
+        if spacing == "leading":
+            points = np.arange(num_steps + 1) * (num_timesteps // (num_steps + 1))
+        else:
+            points = np.linspace(0, num_timesteps - 1, num_steps + 1)
+        return np.round(points).astype(np.float64)[::-1][:-1].copy()
     if spacing == "leading":
         steps = np.round(np.arange(num_steps) * (num_timesteps // num_steps))
     elif spacing == "trailing":
@@ -76,7 +91,7 @@ def spaced_timesteps(num_timesteps: int, num_steps: int, spacing: str) -> np.nda
 
 
 def timesteps_and_sigmas(
-    schedule: NoiseSchedule, num_steps: int, spacing: str
+    schedule: NoiseSchedule, num_steps: int, spacing: str, *, skip_zero: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
     """Timesteps [n] and sigmas [n + 1] (last one 0) of an n-step grid."""
     validate_spacing(spacing)
@@ -85,7 +100,9 @@ def timesteps_and_sigmas(
         sigmas = karras_sigmas(schedule_sigmas[0], schedule_sigmas[-1], num_steps)
         timesteps = sigma_to_timestep(sigmas, schedule_sigmas)
     else:
-        timesteps = spaced_timesteps(schedule.num_timesteps, num_steps, spacing)
+        timesteps = spaced_timesteps(
+            schedule.num_timesteps, num_steps, spacing, skip_zero=skip_zero
+        )
         # Between training timesteps sigma is interpolated linearly (as diffusers' Euler does).
         sigmas = np.interp(timesteps, np.arange(len(schedule_sigmas)), schedule_sigmas)
     return timesteps, np.append(sigmas, 0.0)
@@ -120,12 +137,15 @@ def make_grid(
     *,
     max_steps: int | None = None,
     lms_order: int = LMS_MAX_ORDER,
+    sampler: str = "",
 ) -> Grid:
-    """The padded per-step arrays of an n-step sampler (n <= max_steps)."""
+    """The padded per-step arrays of an n-step `sampler` (n <= max_steps)."""
     max_steps = num_steps if max_steps is None else max_steps
     if not 1 <= num_steps <= max_steps:
         raise ValueError(f"sampler.num_steps={num_steps} must be in [1, {max_steps}] (max_steps).")
-    timesteps, sigmas = timesteps_and_sigmas(schedule, num_steps, spacing)
+    timesteps, sigmas = timesteps_and_sigmas(
+        schedule, num_steps, spacing, skip_zero=sampler in MULTISTEP_SOLVERS
+    )
     pad = max_steps - num_steps
 
     def padded(values: np.ndarray, fill: float = 0.0) -> jax.Array:

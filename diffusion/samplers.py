@@ -352,7 +352,9 @@ def sample(
     validate_sampler(sampler, num_steps, schedule.num_timesteps, spacing)
     forward.validate_prediction(prediction)
     guidance.validate_thresholding(thresholding, dynamic_percentile)
-    grid = grids.make_grid(schedule, num_steps, spacing, max_steps=max_steps, lms_order=lms_order)
+    grid = grids.make_grid(
+        schedule, num_steps, spacing, max_steps=max_steps, lms_order=lms_order, sampler=sampler
+    )
     model = conditioned_model(model_fn, cond, uncond, guidance_scale, guidance_rescale)
     denoise = make_denoiser(model, prediction, thresholding, dynamic_percentile)
     return sample_on_grid(

@@ -77,12 +77,16 @@ def _reference(sampler, schedule, num_steps, spacing, x_T, noises, eta):
     scheduler.alphas_cumprod = torch.tensor(
         np.asarray(schedule.alphas_cumprod), dtype=torch.float32
     )
-    timesteps, sigmas = grids.timesteps_and_sigmas(schedule, num_steps, spacing)
+    timesteps, sigmas = grids.timesteps_and_sigmas(
+        schedule, num_steps, spacing, skip_zero=sampler in grids.MULTISTEP_SOLVERS
+    )
     scheduler.set_timesteps(num_steps)
     if class_name in ("DPMSolverMultistepScheduler", "UniPCMultistepScheduler"):
-        # Their own grids differ (n + 1 points); run their step math on our grid.
-        scheduler.timesteps = torch.tensor(timesteps, dtype=torch.float32)
-        scheduler.sigmas = torch.tensor(sigmas, dtype=torch.float32)
+        # Their own grids (timesteps, and sigmas from them) must equal ours ...
+        np.testing.assert_allclose(scheduler.sigmas.numpy(), sigmas, rtol=1e-5, atol=1e-7)
+        if spacing == "karras":  # ... except that they round Karras timesteps for the model
+            scheduler.timesteps = torch.tensor(timesteps, dtype=torch.float32)
+        np.testing.assert_allclose(scheduler.timesteps.numpy(), timesteps, rtol=1e-6)
     elif sigma_scaled:
         ref = scheduler.sigmas.numpy()[:: 2 if class_name == "HeunDiscreteScheduler" else 1]
         if class_name == "HeunDiscreteScheduler":
@@ -135,11 +139,14 @@ CASES = [
     ("dpmpp_2m", 10, "trailing"),
     ("dpmpp_2m", 20, "karras"),
     ("dpmpp_2m", 16, "linspace"),
+    ("dpmpp_2m", 10, "leading"),
     ("dpmpp_2m_sde", 12, "trailing"),
     ("dpmpp_2m_sde", 20, "karras"),
+    ("dpmpp_2m_sde", 15, "leading"),
     ("unipc", 10, "trailing"),
     ("unipc", 20, "karras"),
     ("unipc", 16, "linspace"),
+    ("unipc", 12, "leading"),
 ]
 
 

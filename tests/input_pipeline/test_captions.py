@@ -24,7 +24,9 @@ def test_caption_ids_point_at_the_label_and_are_a_pure_function_of_position():
     labels = np.array([0, 3, 9, 3, 3, 3, 3, 3])
     ids = captions.caption_ids(labels, "digits", seed=1, step=5, process_index=0)
     table = captions.caption_table("digits")
-    assert all(captions.DIGIT_NAMES[label] in table[i] for label, i in zip(labels, ids))
+    assert all(
+        captions.DIGIT_NAMES[label] in table[i] for label, i in zip(labels, ids, strict=True)
+    )
     again = captions.caption_ids(labels, "digits", seed=1, step=5, process_index=0)
     np.testing.assert_array_equal(ids, again)
     assert len(set(ids[1:].tolist())) > 1  # the phrasings vary

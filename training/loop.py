@@ -74,7 +74,7 @@ def make_train_step(experiment: Experiment, shardings: TrainState):
     batch_sharding = sharding.batch_sharding(experiment.mesh)
     return jit_train_step(
         shardings,
-        {"image": batch_sharding, "label": batch_sharding},
+        batch_sharding,  # one sharding for every batch field (image, label, caption_id)
         sharding.replicated(experiment.mesh),
         model=experiment.model,
         schedule=experiment.schedule,
@@ -84,16 +84,24 @@ def make_train_step(experiment: Experiment, shardings: TrainState):
     )
 
 
-def write_sample_grid(writer, sample_fn, state: TrainState, step: int, workdir: str, seed: int):
+def write_sample_grid(
+    writer, sample_fn, state: TrainState, step: int, workdir: str, seed: int, rows: int | None
+):
     """Samples with the EMA parameters and writes the grid as PNG and as a TensorBoard image."""
     start = time.perf_counter()
     samples = sample_fn(state.ema_params, jax.random.key(seed))
-    grid = images.make_grid(samples)
+    grid = images.make_grid(samples, num_rows=rows)
     if jax.process_index() == 0:
         path = os.path.join(workdir, "samples", f"step_{step:08d}.png")
         images.save_png(grid, path, upscale=max(1, 256 // grid.shape[0]))
         logging.info("Wrote %s (%.1f s)", path, time.perf_counter() - start)
     writer.write_images(step, {"samples": grid[None]})
+
+
+def grid_rows(experiment: Experiment) -> int | None:
+    """One grid row per prompt / class for conditional models (None: a square grid)."""
+    conditions = experiment.sample_conditions
+    return None if conditions is None else len(conditions.prompts)
 
 
 def flatten_config(config: ml_collections.ConfigDict) -> dict[str, object]:
@@ -133,6 +141,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         params_sharding=shardings.ema_params,
         process=experiment.step_config.process,
         flow_shift=experiment.flow_shift,
+        conditions=experiment.sample_conditions,
     )
     batches = pipeline.create_train_iterator(
         experiment.data,
@@ -149,7 +158,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     for step in range(start_step + 1, config.num_train_steps + 1):
         with jax.profiler.StepTraceAnnotation("train", step_num=step):
             batch = sharding.host_batch_to_global(next(batches), mesh)
-            state, metrics = train_step(state, batch)
+            state, metrics = train_step(state, batch, experiment.caption_bank)
         pending.append(metrics)
         interval_steps += 1
         report(step)
@@ -171,7 +180,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         if config.sample_every_steps and (step % config.sample_every_steps == 0 or is_last):
             paused = time.perf_counter()
             with report.timed("sample"):
-                write_sample_grid(writer, sample_fn, state, step, workdir, config.seed)
+                write_sample_grid(
+                    writer, sample_fn, state, step, workdir, config.seed, grid_rows(experiment)
+                )
             interval_start += time.perf_counter() - paused
     manager.wait_until_finished()
     writer.flush()

@@ -15,11 +15,11 @@ from training.experiment import build_experiment
 from training.sampling import make_sample_fn
 
 
-def sample_from_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> np.ndarray:
-    """Samples `sampler.num_samples` images with `config.sampler.*` from the latest EMA params.
+def restore_sampler(config: ml_collections.ConfigDict, workdir: str):
+    """(experiment, restored train state, sample_fn) for the latest checkpoint under `workdir`.
 
-    Writes `samples/<sampler>_<steps>steps_step<ckpt>.png` and `.npz` (key `samples`:
-    [N, H, W, C] float32 in [-1, 1]) under `workdir` and returns the samples.
+    `sample_fn(params, key, num_steps=None, guidance_scale=None)` is compiled on first use;
+    changing the guidance scale (or, with sampler.max_steps, the step count) reuses that compile.
     """
     experiment = build_experiment(config)
     manager = checkpointing.make_manager(workdir, config.max_checkpoints_to_keep)
@@ -29,19 +29,31 @@ def sample_from_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> n
             "train first (--mode=train) or point --workdir at a run."
         )
     state, shardings = loop.init_or_restore(experiment, manager, config.seed)
-    step = int(jax.device_get(state.step))
-    sampler = experiment.sampler
     sample_fn = make_sample_fn(
         experiment.model,
         experiment.schedule,
-        sampler,
+        experiment.sampler,
         prediction=experiment.step_config.prediction,
         image_shape=experiment.image_shape,
         mesh=experiment.mesh,
         params_sharding=shardings.ema_params,
         process=experiment.step_config.process,
         flow_shift=experiment.flow_shift,
+        conditions=experiment.sample_conditions,
     )
+    return experiment, state, sample_fn
+
+
+def sample_from_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> np.ndarray:
+    """Samples `sampler.num_samples` images (per prompt) from the EMA params with `sampler.*`.
+
+    Writes `samples/<sampler>_<steps>steps[_cfg<scale>]_step<ckpt>.png` and `.npz` (key `samples`:
+    [N, H, W, C] float32 in [-1, 1]; conditional models add `prompt_ids` [N] and `prompts`) under
+    `workdir` and returns the samples.
+    """
+    experiment, state, sample_fn = restore_sampler(config, workdir)
+    step = int(jax.device_get(state.step))
+    sampler = experiment.sampler
     start = time.perf_counter()
     samples = sample_fn(state.ema_params, jax.random.key(config.seed))
     elapsed = time.perf_counter() - start
@@ -55,11 +67,19 @@ def sample_from_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> n
         elapsed,
     )
     if jax.process_index() == 0:
+        guidance = "" if experiment.sample_conditions is None else f"_cfg{sampler.guidance_scale:g}"
         stem = os.path.join(
-            workdir, "samples", f"{sampler.name}_{sampler.num_steps}steps_step{step:08d}"
+            workdir,
+            "samples",
+            f"{sampler.name}_{sampler.num_steps}steps{guidance}_step{step:08d}",
         )
-        grid = images.make_grid(samples)
+        grid = images.make_grid(samples, num_rows=loop.grid_rows(experiment))
         images.save_png(grid, stem + ".png", upscale=max(1, 256 // grid.shape[0]))
-        np.savez(stem + ".npz", samples=samples.astype(np.float32))
+        arrays = {"samples": samples.astype(np.float32)}
+        conditions = experiment.sample_conditions
+        if conditions is not None:  # which prompt / class each image answers, and the prompts
+            arrays["prompt_ids"] = conditions.prompt_ids.astype(np.int32)
+            arrays["prompts"] = np.array(conditions.prompts)
+        np.savez(stem + ".npz", **arrays)
         logging.info("Wrote %s.png and %s.npz", stem, stem)
     return samples

@@ -12,6 +12,7 @@ import optax
 from diffusion import flow, losses
 from diffusion.schedules import NoiseSchedule
 from models.functional import FunctionalModel
+from training import conditioning
 from training.train_state import TrainState, step_key
 
 
@@ -22,6 +23,9 @@ class StepConfig:
     prediction: str = "eps"
     ema_decay: float = 0.9999
     process: str = "ddpm"  # "ddpm": noise-prediction loss; "flow": velocity (flow matching)
+    conditioning: str = "none"  # none | class | text (see training/conditioning.py)
+    cond_dropout: float = 0.0  # chance of the null condition per example (CFG training)
+    null_id: int = 0  # id of the null condition (class count, or the bank's empty prompt)
 
 
 def ema_update(ema_params, params, decay: float):
@@ -32,6 +36,7 @@ def ema_update(ema_params, params, decay: float):
 def train_step(
     state: TrainState,
     batch: dict[str, jax.Array],
+    bank: conditioning.TextBank | None = None,
     *,
     model: FunctionalModel,
     schedule: NoiseSchedule,
@@ -39,13 +44,22 @@ def train_step(
     learning_rate_fn: optax.Schedule,
     config: StepConfig,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
-    """One optimizer step on the global batch; returns the new state and scalar metrics."""
+    """One optimizer step on the global batch; returns the new state and scalar metrics.
+
+    `bank` holds the text embeddings that text-conditioned batches index by `caption_id`.
+    """
     key = step_key(state)
     loss_key, dropout_key = jax.random.split(key)
+    ids = conditioning.batch_ids(config.conditioning, batch)
+    if ids is not None and config.cond_dropout > 0:
+        ids = conditioning.drop_conditions(
+            jax.random.fold_in(key, 2), ids, config.cond_dropout, config.null_id
+        )
+    cond = conditioning.model_kwargs(config.conditioning, ids, bank)
 
     def loss_fn(params):
         def model_fn(x_t, t):
-            return model.apply(params, x_t, t, dropout_key=dropout_key)
+            return model.apply(params, x_t, t, dropout_key=dropout_key, **cond)
 
         with jax.named_scope("diffusion_loss"):
             if config.process == "flow":
@@ -78,11 +92,15 @@ def jit_train_step(
     metrics_sharding,
     **static,
 ):
-    """Compiles `train_step` once with explicit in/out shardings and the state buffers donated."""
+    """Compiles `train_step` once with explicit in/out shardings and the state buffers donated.
+
+    The step is called as `step(state, batch, bank)`; the text bank (or None) is replicated.
+    """
     step = functools.partial(train_step, **static)
+    replicated = jax.sharding.NamedSharding(batch_sharding.mesh, jax.sharding.PartitionSpec())
     return jax.jit(
         step,
-        in_shardings=(state_sharding, batch_sharding),
+        in_shardings=(state_sharding, batch_sharding, replicated),
         out_shardings=(state_sharding, metrics_sharding),
         donate_argnums=0,
     )

@@ -1,3 +1,5 @@
+import dataclasses
+
 import pytest
 
 from configs import cifar_ddpm
@@ -40,3 +42,28 @@ def test_data_shape_and_conditioning_flow_into_the_validated_config():
     assert (model_config.num_classes, model_config.context_dim) == (10, 64)
     with pytest.raises(ValueError, match=r"data\.image_size=28 cannot be halved 3 times"):
         registry.make_model_config(config.model, image_size=28, channels=3)
+
+
+def test_pooled_dim_reaches_only_config_classes_with_that_field(monkeypatch):
+    config = cifar_ddpm.get_config()
+    model_config = registry.make_model_config(
+        config.model, image_size=32, channels=3, context_dim=64, pooled_dim=32
+    )
+    assert model_config.pooled_dim == 32
+
+    @dataclasses.dataclass(frozen=True)
+    class NoPooledConfig:
+        image_size: int
+        in_channels: int
+        out_channels: int
+        num_classes: int | None
+        context_dim: int | None
+
+        def validate(self) -> None:
+            pass
+
+    monkeypatch.setitem(registry.MODELS, "plain", (object, NoPooledConfig))
+    plain = registry.make_model_config({"name": "plain"}, image_size=8, channels=1)
+    assert isinstance(plain, NoPooledConfig)
+    with pytest.raises(ValueError, match=r"model\.name='plain' takes no pooled text embedding"):
+        registry.make_model_config({"name": "plain"}, image_size=8, channels=1, pooled_dim=4)

@@ -1,7 +1,7 @@
 import jax
 import pytest
 
-from configs import cifar_ddpm, digits_ddpm
+from configs import cifar_ddpm, cifar_dit, digits_ddpm, digits_dit
 from training import experiment as experiment_lib
 
 
@@ -56,7 +56,7 @@ def test_unknown_dataset_and_model(monkeypatch):
 
 def test_valid_configs_build_without_compiling(monkeypatch):
     monkeypatch.setattr(jax, "jit", lambda *a, **k: (_ for _ in ()).throw(AssertionError("jit")))
-    for module in (digits_ddpm, cifar_ddpm):
+    for module in (digits_ddpm, cifar_ddpm, digits_dit, cifar_dit):
         experiment = experiment_lib.build_experiment(module.get_config())
         assert experiment.schedule.num_timesteps == 1000
 
@@ -72,3 +72,27 @@ def test_unknown_process_and_non_flow_sampler(monkeypatch):
     _expect_error_before_compiling(
         config, r"sampler\.name='dpmpp_2m' cannot integrate a flow", monkeypatch
     )
+
+
+def test_bad_conditioning_is_refused_before_compiling(monkeypatch):
+    config = digits_dit.get_config()
+    config.conditioning.kind = "caption"
+    _expect_error_before_compiling(config, r"conditioning\.kind='caption'", monkeypatch)
+    config = digits_ddpm.get_config()
+    config.text_encoder.name = "clip"
+    _expect_error_before_compiling(config, r"text_encoder\.name='clip' needs", monkeypatch)
+    config = digits_dit.get_config()
+    config.sampler.class_labels = "4,12"
+    _expect_error_before_compiling(config, r"sampler\.class_labels='4,12'", monkeypatch)
+    config = digits_dit.get_config()
+    config.model.learn_sigma = True
+    _expect_error_before_compiling(config, r"model\.learn_sigma=True", monkeypatch)
+    config = digits_dit.get_config()
+    config.model.patch_size = 3
+    _expect_error_before_compiling(config, r"model\.patch_size=3", monkeypatch)
+
+
+def test_class_conditional_dit_gets_the_class_count_and_null_row(monkeypatch):
+    experiment = experiment_lib.build_experiment(digits_dit.get_config())
+    assert experiment.step_config.null_id == 10 and experiment.step_config.cond_dropout == 0.1
+    assert experiment.model.abstract_params["class_embed"]["embedding"].shape[0] == 11

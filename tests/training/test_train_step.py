@@ -34,7 +34,8 @@ def test_train_step_lowers_the_loss_on_a_fixed_batch(tiny_config):
     host = _digits_batch(16)
     before = _eval_loss(experiment, state.params, host["image"])
     for _ in range(40):
-        state, metrics = step(state, sharding.host_batch_to_global(host, experiment.mesh))
+        batch = sharding.host_batch_to_global(host, experiment.mesh)
+        state, metrics = step(state, batch, experiment.caption_bank)
     after = _eval_loss(experiment, state.params, host["image"])
     assert int(state.step) == 40
     assert np.isfinite(float(metrics["loss"])) and float(metrics["grad_norm"]) > 0
@@ -52,7 +53,8 @@ def _two_steps(config, devices):
     step = loop.make_train_step(experiment, shardings)
     host = _digits_batch(config.batch_size)
     for _ in range(2):
-        state, metrics = step(state, sharding.host_batch_to_global(host, experiment.mesh))
+        batch = sharding.host_batch_to_global(host, experiment.mesh)
+        state, metrics = step(state, batch, experiment.caption_bank)
     return state, metrics
 
 

@@ -1,0 +1,178 @@
+"""What the network is conditioned on (nothing, class labels or text) and the null condition.
+
+Every conditional example carries one int id: its class label, or its row in a caption bank (the
+text encoder's output for a fixed caption set, computed once). The last id is the null condition
+(the "no class" label, or the empty prompt), which condition dropout substitutes during training
+so that one network also serves as the unconditional branch of classifier-free guidance.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+KINDS = ("none", "class", "text")
+
+
+@dataclasses.dataclass(frozen=True)
+class ConditioningConfig:
+    """Typed view of `config.conditioning`."""
+
+    kind: str = "none"
+    dropout: float = 0.1  # chance that an example's condition is replaced by the null condition
+
+    def validate(self) -> None:
+        """Raises ValueError naming the `conditioning.*` field."""
+        if self.kind not in KINDS:
+            raise ValueError(
+                f"conditioning.kind={self.kind!r} is not known; allowed: {', '.join(KINDS)}"
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"conditioning.dropout={self.dropout!r} must be in [0, 1).")
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class TextBank:
+    """Text-encoder outputs of a list of prompts, one row per prompt: a lookup table for ids."""
+
+    tokens: jax.Array  # [N, L, D] last hidden states
+    mask: jax.Array  # [N, L] True on real tokens
+    pooled: jax.Array  # [N, P] pooled / sentence embedding
+
+    def __len__(self) -> int:
+        return int(self.tokens.shape[0])
+
+    def take(self, ids: jax.Array) -> dict[str, jax.Array]:
+        """The network's text arguments for rows `ids` [B]."""
+        return {
+            "context": jnp.take(self.tokens, ids, axis=0),
+            "context_mask": jnp.take(self.mask, ids, axis=0),
+            "pooled": jnp.take(self.pooled, ids, axis=0),
+        }
+
+
+def encode_prompts(encoder: Any, prompts: Sequence[str]) -> TextBank:
+    """Runs the frozen text encoder once over `prompts` (on the host, before any training)."""
+    embeddings = encoder.encode(list(prompts))
+    return TextBank(
+        tokens=jnp.asarray(embeddings.tokens, jnp.float32),
+        mask=jnp.asarray(embeddings.mask, bool),
+        pooled=jnp.asarray(embeddings.pooled, jnp.float32),
+    )
+
+
+def caption_bank(encoder: Any, captions: Sequence[str]) -> TextBank:
+    """The bank of a dataset's captions plus the empty prompt as its last (null) row."""
+    return encode_prompts(encoder, [*captions, ""])
+
+
+def null_id(kind: str, num_classes: int, bank: TextBank | None) -> int:
+    """The id of the null condition: the reserved class row, or the bank's empty prompt."""
+    if kind == "class":
+        return num_classes
+    if kind == "text":
+        return len(bank) - 1
+    raise ValueError(f"conditioning.kind={kind!r} has no null condition.")
+
+
+def batch_ids(kind: str, batch: dict[str, Any]) -> jax.Array | None:
+    """The per-example condition ids of a batch: labels or caption ids (None when unconditional)."""
+    if kind == "class":
+        return batch["label"]
+    if kind == "text":
+        return batch["caption_id"]
+    return None
+
+
+def drop_conditions(key: jax.Array, ids: jax.Array, probability: float, null: int) -> jax.Array:
+    """Replaces each id by `null` with the given probability (Ho & Salimans 2022, sec. 3.2)."""
+    dropped = jax.random.bernoulli(key, probability, ids.shape)
+    return jnp.where(dropped, jnp.asarray(null, ids.dtype), ids)
+
+
+def model_kwargs(kind: str, ids: jax.Array | None, bank: TextBank | None) -> dict[str, jax.Array]:
+    """The network's conditioning keyword arguments for ids [B]."""
+    if kind == "class":
+        return {"class_labels": ids}
+    if kind == "text":
+        return bank.take(ids)
+    return {}
+
+
+def parse_class_labels(text: str, num_classes: int) -> np.ndarray:
+    """'3,5' -> [3, 5]; '' -> every class. Raises naming `sampler.class_labels`."""
+    if not text.strip():
+        return np.arange(num_classes, dtype=np.int32)
+    try:
+        labels = np.array([int(part) for part in text.split(",")], np.int32)
+    except ValueError:
+        raise ValueError(
+            f"sampler.class_labels={text!r} must be comma-separated ints, e.g. '3,5'."
+        ) from None
+    if labels.min() < 0 or labels.max() >= num_classes:
+        raise ValueError(
+            f"sampler.class_labels={text!r}: labels must be in [0, {num_classes - 1}]."
+        )
+    return labels
+
+
+def parse_prompts(text: str) -> list[str]:
+    """'a cat;a dog' -> ['a cat', 'a dog'] (empty parts dropped)."""
+    return [part.strip() for part in text.split(";") if part.strip()]
+
+
+@dataclasses.dataclass(frozen=True)
+class SampleConditions:
+    """Per-image conditioning of a sampling run: one row per image, prompts repeated in order."""
+
+    cond: dict[str, Any]  # network kwargs, leaves [N, ...]
+    uncond: dict[str, Any]  # the null condition or the negative prompt, same shapes
+    prompt_ids: np.ndarray  # [N] index into `prompts` of each image
+    prompts: tuple[str, ...]  # the prompts, or the class labels as strings
+
+
+def sample_conditions(
+    kind: str,
+    *,
+    per_prompt: int,
+    prompts: str = "",
+    negative_prompt: str = "",
+    class_labels: str = "",
+    num_classes: int = 0,
+    default_prompts: Sequence[str] = (),
+    encoder: Any = None,
+) -> SampleConditions | None:
+    """Conditions for `per_prompt` images of each prompt / label (None for unconditional models).
+
+    Text: the prompts and the negative prompt are encoded once on the host; the negative prompt
+    takes the unconditional branch's place (the empty prompt, trained as the null condition, is
+    the default). Class: the labels, with the reserved null class as the unconditional branch.
+    """
+    if kind == "none":
+        return None
+    if kind == "class":
+        labels = parse_class_labels(class_labels, num_classes)
+        ids = np.repeat(labels, per_prompt)
+        return SampleConditions(
+            cond={"class_labels": jnp.asarray(ids)},
+            uncond={"class_labels": jnp.full(ids.shape, num_classes, jnp.int32)},
+            prompt_ids=np.repeat(np.arange(len(labels)), per_prompt),
+            prompts=tuple(str(label) for label in labels),
+        )
+    texts = parse_prompts(prompts) or list(default_prompts)
+    if not texts:
+        raise ValueError("sampler.prompts is empty and the dataset has no captions to default to.")
+    bank = encode_prompts(encoder, [*texts, negative_prompt])
+    prompt_ids = np.repeat(np.arange(len(texts)), per_prompt)
+    return SampleConditions(
+        cond=bank.take(jnp.asarray(prompt_ids)),
+        uncond=bank.take(jnp.full(prompt_ids.shape, len(texts), jnp.int32)),
+        prompt_ids=prompt_ids,
+        prompts=tuple(texts),
+    )

@@ -54,3 +54,28 @@ def test_class_conditional_run_trains_with_dropout_and_samples_each_label(tiny_c
         np.testing.assert_array_equal(saved["prompt_ids"], [0, 0, 0, 1, 1, 1])
         assert list(saved["prompts"]) == ["1", "4"]
     assert not np.allclose(drawn[0], drawn[1])  # the guidance scale reaches the chain
+
+
+@pytest.mark.slow
+def test_text_conditional_run_samples_prompts_with_a_negative_prompt(tiny_config, tmp_path):
+    from configs import digits_text_unet
+
+    config = digits_text_unet.get_config()
+    for field in ("model", "optimizer", "mesh"):  # the tiny network, the real MiniLM encoder
+        config[field] = tiny_config[field]
+    config.batch_size = 16
+    config.num_train_steps = 2
+    config.log_every_steps = config.checkpoint_every_steps = 2
+    config.sample_every_steps = 0
+    config.sampler.num_steps = 4
+    config.sampler.num_samples = 3
+    workdir = str(tmp_path)
+    loop.train_and_evaluate(config, workdir)
+    config.sampler.prompts = "a handwritten digit seven;a handwritten digit two"
+    config.sampler.negative_prompt = "a blurry smudge"
+    samples = sample_run.sample_from_checkpoint(config, workdir)
+    saved = np.load(os.path.join(workdir, "samples", "ddim_4steps_cfg3_step00000002.npz"))
+    assert samples.shape == (6, 8, 8, 1)
+    np.testing.assert_array_equal(saved["prompt_ids"], [0, 0, 0, 1, 1, 1])
+    assert list(saved["prompts"]) == ["a handwritten digit seven", "a handwritten digit two"]
+    assert os.path.exists(os.path.join(workdir, "samples", "ddim_4steps_cfg3_step00000002.png"))

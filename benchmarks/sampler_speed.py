@@ -10,6 +10,7 @@ figure is measured after a warm-up call, so compile time is excluded except in t
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 import time
@@ -21,7 +22,7 @@ import jax.numpy as jnp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from diffusion import samplers, schedules  # noqa: E402
+from diffusion import grids, samplers, schedules  # noqa: E402
 from models.functional import functionalize, init_params  # noqa: E402
 from models.unet import UNet, UNetConfig  # noqa: E402
 
@@ -55,16 +56,22 @@ def build_network(image_size: int, base_channels: int):
 
 
 def make_sampler(network, params, schedule, name: str, num_steps: int):
-    """A jitted `x_T, key -> samples` for one sampler and step count (params are arguments)."""
+    """A jitted `params, x_T, key -> (samples, nfe)` for one sampler and step count.
 
-    def run(params, x_T, key):
-        model_fn = lambda x, t: network.apply(params, x, t)  # noqa: E731
-        out = samplers.sample(
-            model_fn, schedule, x_T, key, sampler=name, num_steps=num_steps, spacing="trailing"
-        )
+    The step grid is an argument of the compiled chain, as in training/sampling.py, so its
+    length is a shape, not a constant folded into the program.
+    """
+    grid = grids.make_grid(schedule, num_steps, "trailing", sampler=name)
+
+    @jax.jit
+    def chain(params, x_T, key, grid):
+        denoise = samplers.make_denoiser(lambda x, t: network.apply(params, x, t), "eps")
+        out = samplers.sample_on_grid(denoise, grid, x_T, key, sampler=name)
         return out.samples, out.nfe
 
-    return jax.jit(run)
+    run = functools.partial(chain, grid=grid)
+    run.lower = lambda params, x_T, key: chain.lower(params, x_T, key, grid)
+    return run
 
 
 def speed_table(network, params, schedule, names, num_steps, x_T, repeats):

@@ -20,12 +20,18 @@ def get_config() -> ml_collections.ConfigDict:
 
     # --- Data -----------------------------------------------------------------------------------
     config.data = ml_collections.ConfigDict()
-    config.data.name = "digits"  # "digits" (embedded, scikit-learn) or "cifar10" (tfds).
+    config.data.name = "digits"  # "digits" (embedded), "cifar10" (tfds) or "tfds" (any, below).
     config.data.data_dir = ""  # tfds data_dir; "" means tfds' default (~/tensorflow_datasets).
     config.data.image_size = 8  # Height = width of the images fed to the model.
     config.data.channels = 1  # Image channels (1 for digits, 3 for CIFAR-10).
     config.data.random_flip = False  # Random horizontal flips (CIFAR-10 yes; digits no).
     config.data.shuffle_buffer = 10_000  # tf.data shuffle buffer (tfds sources only).
+    # data.name = "tfds": any tfds dataset with an image (centre-cropped, resized) and optionally
+    # a text feature whose strings the text encoder embeds batch by batch (e.g. coco_captions).
+    config.data.tfds_name = ""
+    config.data.image_key = "image"
+    config.data.text_key = ""  # "/" reaches into nested features: "captions/text"
+    config.data.split = "train"
 
     # --- Diffusion process ----------------------------------------------------------------------
     config.diffusion = ml_collections.ConfigDict()

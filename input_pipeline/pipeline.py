@@ -25,12 +25,18 @@ class DataConfig:
     channels: int = 1
     random_flip: bool = False
     shuffle_buffer: int = 10_000
+    tfds_name: str = ""  # data.name = "tfds": any tfds dataset, e.g. "coco_captions"
+    image_key: str = "image"  # its image feature
+    text_key: str = ""  # its text feature (batches then carry "text"); "" for none
+    split: str = "train"
 
 
 # name -> (native image size, channels, number of classes, iterator factory)
 DATASETS: dict[str, tuple[int, int, int, Callable[..., Iterator[Batch]]]] = {
     "digits": (digits.IMAGE_SIZE, 1, digits.NUM_CLASSES, digits.create_iterator),
     "cifar10": (32, 3, 10, tfds_source.create_cifar10_iterator),
+    # Any tfds dataset: images are centre-cropped and resized to data.image_size; no labels.
+    "tfds": (1, 0, 0, tfds_source.create_generic_iterator),
 }
 
 
@@ -44,15 +50,29 @@ def validate_data_config(cfg: DataConfig) -> None:
     if cfg.name not in DATASETS:
         raise ValueError(f"data.name={cfg.name!r} is not known; allowed: {', '.join(DATASETS)}")
     native_size, channels, _, _ = DATASETS[cfg.name]
-    if cfg.image_size < native_size or cfg.image_size % native_size:
+    if cfg.name == "tfds":
+        _validate_generic(cfg)
+    elif cfg.image_size < native_size or cfg.image_size % native_size:
         raise ValueError(
             f"data.image_size={cfg.image_size} does not fit {cfg.name}: use {native_size} "
             f"or a multiple of it (images are enlarged by pixel repetition)."
         )
-    if cfg.channels != channels:
+    elif cfg.channels != channels:
         raise ValueError(f"data.channels={cfg.channels} but {cfg.name} has {channels} channel(s).")
     if cfg.shuffle_buffer < 1:
         raise ValueError(f"data.shuffle_buffer={cfg.shuffle_buffer} must be >= 1.")
+
+
+def _validate_generic(cfg: DataConfig) -> None:
+    """The fields of `data.name = "tfds"`."""
+    if not cfg.tfds_name:
+        raise ValueError('data.name="tfds" needs data.tfds_name (e.g. "coco_captions").')
+    if cfg.image_size < 1:
+        raise ValueError(f"data.image_size={cfg.image_size} must be >= 1.")
+    if cfg.channels not in (1, 3):
+        raise ValueError(f"data.channels={cfg.channels} must be 1 or 3.")
+    if not cfg.image_key:
+        raise ValueError("data.image_key must name the dataset's image feature.")
 
 
 def num_classes(name: str) -> int:

@@ -1,4 +1,5 @@
-"""CIFAR-10 through tensorflow-datasets and tf.data: per-process shard, shuffle, flip, [-1, 1].
+"""tfds datasets through tf.data (CIFAR-10, or any with an image and a text feature): per-process
+shard, shuffle, flip, [-1, 1].
 
 Resuming at step k reseeds the shuffle with (seed, k) instead of replaying k batches (replaying
 would decode k * batch images): the stream stays a fresh random order, not the identical one.
@@ -95,3 +96,67 @@ def create_cifar10_iterator(
         )
     ds = ds.batch(per_process_batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
     return iter(tfds.as_numpy(ds))
+
+
+def _generic_preprocess(cfg: Any):
+    """Image feature -> square crop, resize, channel count, [-1, 1]; text feature -> bytes."""
+    import tensorflow as tf  # noqa: PLC0415
+
+    def preprocess(example):
+        image = example[cfg.image_key]
+        height, width = tf.shape(image)[0], tf.shape(image)[1]
+        side = tf.minimum(height, width)
+        image = tf.image.crop_to_bounding_box(
+            image, (height - side) // 2, (width - side) // 2, side, side
+        )
+        image = tf.image.resize(image, (cfg.image_size, cfg.image_size), antialias=True)
+        if image.shape[-1] == 1 and cfg.channels == 3:
+            image = tf.image.grayscale_to_rgb(image)
+        elif image.shape[-1] == 3 and cfg.channels == 1:
+            image = tf.image.rgb_to_grayscale(image)
+        out = {"image": tf.clip_by_value(image / 127.5 - 1.0, -1.0, 1.0)}
+        if cfg.text_key:
+            text = example
+            for part in cfg.text_key.split("/"):  # nested features: "captions/text"
+                text = text[part]
+            out["text"] = text if text.shape.rank == 0 else text[0]  # first of several captions
+        return out
+
+    return preprocess
+
+
+def create_generic_iterator(
+    cfg: Any,
+    *,
+    per_process_batch_size: int,
+    seed: int,
+    process_index: int,
+    process_count: int,
+    start_step: int = 0,
+) -> Iterator[dict[str, np.ndarray]]:
+    """Endless batches {image, text?} of this process's share of `data.tfds_name`'s split."""
+    import tensorflow as tf  # noqa: PLC0415
+    import tensorflow_datasets as tfds  # noqa: PLC0415
+
+    tf.config.set_visible_devices([], "GPU")
+    data_dir = resolve_data_dir(cfg.data_dir)
+    builder = tfds.builder(cfg.tfds_name, data_dir=data_dir)
+    require_prepared(builder, cfg.tfds_name, data_dir)
+    features = builder.info.features
+    for field, key in (("image_key", cfg.image_key), ("text_key", cfg.text_key)):
+        if key and key.split("/")[0] not in features:
+            raise ValueError(
+                f"data.{field}={key!r} is not a feature of {cfg.tfds_name}; it has: "
+                f"{', '.join(features.keys())}"
+            )
+    split = process_split(cfg.split, process_index, process_count)
+    run_seed = int(np.random.default_rng([seed, start_step, process_index]).integers(2**31))
+    read_config = tfds.ReadConfig(shuffle_seed=run_seed)
+    ds = builder.as_dataset(split=split, shuffle_files=True, read_config=read_config)
+    ds = ds.repeat().shuffle(cfg.shuffle_buffer, seed=run_seed)
+    ds = ds.map(_generic_preprocess(cfg), num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.batch(per_process_batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+    for batch in tfds.as_numpy(ds):
+        if "text" in batch:
+            batch["text"] = np.array([t.decode("utf-8") for t in batch["text"]], dtype=object)
+        yield batch

@@ -105,6 +105,53 @@ def model_kwargs(kind: str, ids: jax.Array | None, bank: TextBank | None) -> dic
     return {}
 
 
+TEXT_FIELDS = ("context", "context_mask", "pooled")
+
+
+def batch_conditions(
+    kind: str,
+    batch: dict[str, Any],
+    bank: TextBank | None,
+    key: jax.Array,
+    dropout: float,
+    null: int,
+) -> dict[str, jax.Array]:
+    """The network's conditioning kwargs for a training batch, after condition dropout.
+
+    Batches carry ids (labels, caption ids) or, for free-text datasets, text embeddings that the
+    host computed (`encode_batch_text`); a dropped example gets the null id / null embedding.
+    """
+    if kind == "text" and "context" in batch:
+        cond = {name: batch[name] for name in TEXT_FIELDS}
+        if dropout <= 0:
+            return cond
+        dropped = jax.random.bernoulli(key, dropout, (batch["context"].shape[0],))
+        null_rows = bank.take(jnp.full(dropped.shape, null, jnp.int32))
+        return jax.tree.map(
+            lambda c, n: jnp.where(dropped.reshape((-1,) + (1,) * (c.ndim - 1)), n, c),
+            cond,
+            null_rows,
+        )
+    ids = batch_ids(kind, batch)
+    if ids is not None and dropout > 0:
+        ids = drop_conditions(key, ids, dropout, null)
+    return model_kwargs(kind, ids, bank)
+
+
+def encode_batch_text(encoder: Any, batch: dict[str, Any]) -> dict[str, Any]:
+    """Replaces a host batch's `text` strings by the frozen encoder's embeddings (free text)."""
+    if "text" not in batch:
+        return batch
+    embeddings = encoder.encode([str(text) for text in batch["text"]])
+    rest = {name: value for name, value in batch.items() if name != "text"}
+    return {
+        **rest,
+        "context": np.asarray(embeddings.tokens, np.float32),
+        "context_mask": np.asarray(embeddings.mask, bool),
+        "pooled": np.asarray(embeddings.pooled, np.float32),
+    }
+
+
 def parse_class_labels(text: str, num_classes: int) -> np.ndarray:
     """'3,5' -> [3, 5]; '' -> every class. Raises naming `sampler.class_labels`."""
     if not text.strip():

@@ -103,8 +103,18 @@ def build_experiment(
     cond.validate()
     num_classes = pipeline.num_classes(data.name)
     encoder, caption_table = None, []
+    if cond.kind == "class" and num_classes == 0:
+        raise ValueError(
+            f"conditioning.kind='class' needs labels; data.name={data.name!r} has none."
+        )
     if cond.kind == "text":
-        caption_table = captions.caption_table(data.name)
+        if data.name in captions.CAPTIONS:
+            caption_table = captions.caption_table(data.name)
+        elif not data.text_key:  # free text: embedded batch by batch, the bank is just ""
+            raise ValueError(
+                f"conditioning.kind='text' needs captions: data.name={data.name!r} has none; "
+                f"use {', '.join(captions.CAPTIONS)}, or data.name='tfds' with data.text_key."
+            )
         encoder = load_text_encoder(config.text_encoder)  # reads files; runs nothing yet
     elif config.text_encoder.name != "none":
         raise ValueError(

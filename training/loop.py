@@ -15,7 +15,7 @@ from clu import metric_writers, periodic_actions
 import sharding
 from input_pipeline import pipeline
 from models.functional import init_params
-from training import checkpointing, images
+from training import checkpointing, conditioning, images
 from training.experiment import Experiment, build_experiment
 from training.sampling import make_sample_fn
 from training.train_state import TrainState, create_train_state
@@ -157,7 +157,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     interval_start, interval_steps = time.perf_counter(), 0
     for step in range(start_step + 1, config.num_train_steps + 1):
         with jax.profiler.StepTraceAnnotation("train", step_num=step):
-            batch = sharding.host_batch_to_global(next(batches), mesh)
+            host_batch = next(batches)
+            if experiment.text_encoder is not None:  # free-text datasets: embed on the host
+                host_batch = conditioning.encode_batch_text(experiment.text_encoder, host_batch)
+            batch = sharding.host_batch_to_global(host_batch, mesh)
             state, metrics = train_step(state, batch, experiment.caption_bank)
         pending.append(metrics)
         interval_steps += 1

@@ -50,12 +50,14 @@ def train_step(
     """
     key = step_key(state)
     loss_key, dropout_key = jax.random.split(key)
-    ids = conditioning.batch_ids(config.conditioning, batch)
-    if ids is not None and config.cond_dropout > 0:
-        ids = conditioning.drop_conditions(
-            jax.random.fold_in(key, 2), ids, config.cond_dropout, config.null_id
-        )
-    cond = conditioning.model_kwargs(config.conditioning, ids, bank)
+    cond = conditioning.batch_conditions(
+        config.conditioning,
+        batch,
+        bank,
+        jax.random.fold_in(key, 2),
+        config.cond_dropout,
+        config.null_id,
+    )
 
     def loss_fn(params):
         def model_fn(x_t, t):

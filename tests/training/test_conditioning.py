@@ -94,3 +94,23 @@ def test_bad_conditioning_fields_are_named():
     with pytest.raises(ValueError, match=r"conditioning.dropout=1.0"):
         conditioning.ConditioningConfig(kind="class", dropout=1.0).validate()
     assert conditioning.parse_prompts(" a cat ; ;a dog") == ["a cat", "a dog"]
+
+
+def test_free_text_batches_are_embedded_on_the_host_and_dropped_to_the_null_row():
+    host = {"image": np.zeros((4, 2, 2, 1)), "text": np.array(["ab", "xyz", "q", "mn"], object)}
+    batch = conditioning.encode_batch_text(_FakeEncoder(), host)
+    assert "text" not in batch and batch["context"].shape == (4, 2, 2)
+    np.testing.assert_array_equal(batch["pooled"][:, 0], [2, 3, 1, 2])
+    null_bank = conditioning.TextBank(
+        tokens=jnp.full((1, 2, 2), -7.0),
+        mask=jnp.zeros((1, 2), bool),
+        pooled=jnp.full((1, 2), -7.0),
+    )
+    kept = conditioning.batch_conditions("text", batch, null_bank, jax.random.key(0), 0.0, 0)
+    np.testing.assert_array_equal(kept["pooled"], batch["pooled"])
+    big = {k: np.repeat(v, 500, axis=0) for k, v in batch.items() if k != "image"}
+    dropped = conditioning.batch_conditions("text", big, null_bank, jax.random.key(0), 0.25, 0)
+    is_null = np.asarray(dropped["pooled"][:, 0] == -7.0)
+    assert 0.2 < is_null.mean() < 0.3
+    assert not np.asarray(dropped["context_mask"])[is_null].any()
+    np.testing.assert_array_equal(dropped["context"][~is_null], big["context"][~is_null])

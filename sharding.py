@@ -10,8 +10,9 @@ import numpy as np
 from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-MESH_AXES = ("data", "fsdp")
-# The batch dimension is split over every mesh axis that holds a copy of the computation.
+MESH_AXES = ("data", "fsdp", "tensor")
+# The batch dimension is split over every mesh axis that holds a copy of the computation; the
+# tensor axis instead splits the work inside each layer (attention heads, MLP hidden units).
 BATCH_AXES = ("data", "fsdp")
 
 # Logical parameter axis names (declared by models/) -> mesh axis, used when fsdp > 1. Names are
@@ -25,6 +26,14 @@ FSDP_RULES: tuple[tuple[str, str], ...] = (
     ("conv_in", "fsdp"),
     ("classes", "fsdp"),
 )
+# Megatron-style tensor parallelism (Shoeybi et al. 2019): query/key/value and MLP-in kernels are
+# split by columns ('heads' / 'mlp' output dims), attention-out and MLP-out kernels by rows (the
+# same names on their input dims), so each device computes its heads / hidden units end to end.
+# Tried before the FSDP rules, which then shard the other dimension over 'fsdp'.
+TENSOR_RULES: tuple[tuple[str, str], ...] = (
+    ("heads", "tensor"),
+    ("mlp", "tensor"),
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,10 +42,11 @@ class MeshConfig:
 
     data: int = -1
     fsdp: int = 1
+    tensor: int = 1
 
     def axis_sizes(self, num_devices: int) -> dict[str, int]:
         """Resolves -1 and checks the product equals the device count."""
-        sizes = {"data": self.data, "fsdp": self.fsdp}
+        sizes = {"data": self.data, "fsdp": self.fsdp, "tensor": self.tensor}
         for name, size in sizes.items():
             if size == 0 or size < -1:
                 raise ValueError(f"mesh.{name}={size} is invalid: use a positive size or -1.")
@@ -60,7 +70,7 @@ class MeshConfig:
 
 
 def make_mesh(config: MeshConfig, devices: Sequence[jax.Device] | None = None) -> Mesh:
-    """Builds the ('data', 'fsdp') mesh over all global devices, following the physical topology."""
+    """The ('data', 'fsdp', 'tensor') mesh over all global devices, following the topology."""
     devices = list(jax.devices() if devices is None else devices)
     sizes = config.axis_sizes(len(devices))
     shape = tuple(sizes[name] for name in MESH_AXES)
@@ -127,8 +137,9 @@ def param_shardings(abstract_params, logical_specs, mesh: Mesh, rules: Sequence[
 
 
 def rules_for(mesh: Mesh) -> tuple[tuple[str, str], ...]:
-    """The logical-axis rules this mesh uses: FSDP rules when it has an fsdp axis of size > 1."""
-    return FSDP_RULES if mesh.shape["fsdp"] > 1 else ()
+    """The logical-axis rules of this mesh: tensor rules, then FSDP rules, for axes of size > 1."""
+    rules = TENSOR_RULES if mesh.shape.get("tensor", 1) > 1 else ()
+    return rules + (FSDP_RULES if mesh.shape.get("fsdp", 1) > 1 else ())
 
 
 def shard_like_params(tree, params_sharding, params_structure, mesh: Mesh):

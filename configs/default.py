@@ -111,4 +111,5 @@ def get_config() -> ml_collections.ConfigDict:
     config.mesh = ml_collections.ConfigDict()
     config.mesh.data = -1  # Data-parallel axis size; -1 takes all devices left over.
     config.mesh.fsdp = 1  # Parameter-sharding axis size (1 = parameters replicated).
+    config.mesh.tensor = 1  # Tensor-parallel axis: attention heads and MLP units split over it.
     return config

@@ -9,10 +9,14 @@ import sharding
 
 
 def test_mesh_fills_minus_one_and_multiplies_to_device_count():
-    assert sharding.MeshConfig(data=-1, fsdp=2).axis_sizes(8) == {"data": 4, "fsdp": 2}
+    sizes = sharding.MeshConfig(data=-1, fsdp=2).axis_sizes(8)
+    assert sizes == {"data": 4, "fsdp": 2, "tensor": 1}
     mesh = sharding.make_mesh(sharding.MeshConfig(data=-1, fsdp=2))
-    assert dict(mesh.shape) == {"data": 4, "fsdp": 2}
+    assert dict(mesh.shape) == {"data": 4, "fsdp": 2, "tensor": 1}
     assert sharding.num_batch_shards(mesh) == 8
+    mesh = sharding.make_mesh(sharding.MeshConfig(data=-1, fsdp=2, tensor=2))
+    assert dict(mesh.shape) == {"data": 2, "fsdp": 2, "tensor": 2}
+    assert sharding.num_batch_shards(mesh) == 4  # tensor shards share their batch slice
 
 
 @pytest.mark.parametrize(
@@ -72,3 +76,24 @@ def test_host_batch_becomes_global_array_sharded_on_batch_axes():
     assert batch["image"].sharding.spec == P(("data", "fsdp"))
     assert len(batch["image"].addressable_shards) == 8
     np.testing.assert_array_equal(np.asarray(batch["image"]), host["image"])
+
+
+def test_tensor_rules_split_columns_then_rows_and_fsdp_takes_the_other_dim():
+    mesh = sharding.make_mesh(sharding.MeshConfig(data=2, fsdp=2, tensor=2))
+    rules = sharding.rules_for(mesh)
+    # q/k/v and MLP-in: output (column) dim over tensor, input dim over fsdp.
+    assert sharding.logical_to_mesh_spec(P("embed", "heads"), (64, 64), mesh, rules) == P(
+        "fsdp", "tensor"
+    )
+    assert sharding.logical_to_mesh_spec(P("embed", "mlp"), (64, 256), mesh, rules) == P(
+        "fsdp", "tensor"
+    )
+    # attention-out and MLP-out: input (row) dim over tensor.
+    assert sharding.logical_to_mesh_spec(P("heads", "embed"), (64, 64), mesh, rules) == P(
+        "tensor", "fsdp"
+    )
+    assert sharding.logical_to_mesh_spec(P("mlp", "embed"), (256, 64), mesh, rules) == P(
+        "tensor", "fsdp"
+    )
+    only_tensor = sharding.make_mesh(sharding.MeshConfig(data=-1, tensor=2))
+    assert sharding.rules_for(only_tensor) == sharding.TENSOR_RULES

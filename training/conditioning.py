@@ -58,12 +58,16 @@ class TextBank:
 
 
 def encode_prompts(encoder: Any, prompts: Sequence[str]) -> TextBank:
-    """Runs the frozen text encoder once over `prompts` (on the host, before any training)."""
+    """Runs the frozen text encoder once over `prompts` (before any training).
+
+    The bank is kept as host (numpy) arrays: every process computes the same one, and jit places
+    it replicated on the global mesh, which also works across processes.
+    """
     embeddings = encoder.encode(list(prompts))
     return TextBank(
-        tokens=jnp.asarray(embeddings.tokens, jnp.float32),
-        mask=jnp.asarray(embeddings.mask, bool),
-        pooled=jnp.asarray(embeddings.pooled, jnp.float32),
+        tokens=np.asarray(embeddings.tokens, np.float32),
+        mask=np.asarray(embeddings.mask, bool),
+        pooled=np.asarray(embeddings.pooled, np.float32),
     )
 
 

@@ -63,10 +63,22 @@ def class_prompts(dataset: str) -> list[str]:
 
 
 def caption_ids(
-    labels: np.ndarray, dataset: str, *, seed: int, step: int, process_index: int
+    labels: np.ndarray,
+    dataset: str,
+    *,
+    seed: int,
+    step: int,
+    process_index: int,
+    process_count: int = 1,
 ) -> np.ndarray:
-    """One caption per example: its label's template picked by a pure function of the position."""
+    """One caption per example: its label's template picked by a pure function of the position.
+
+    The templates are drawn for the whole global batch and sliced, so the processes' slices
+    concatenate to the same captions whatever the process count.
+    """
     num_templates = len(CAPTIONS[dataset][0])
-    rng = np.random.default_rng([seed, step, process_index, 2])
-    template = rng.integers(num_templates, size=labels.shape[0])
+    count = labels.shape[0]
+    rng = np.random.default_rng([seed, step, 2])
+    templates = rng.integers(num_templates, size=count * process_count)
+    template = templates[process_index * count : (process_index + 1) * count]
     return (labels.astype(np.int32) * num_templates + template).astype(np.int32)

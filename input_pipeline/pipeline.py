@@ -104,15 +104,25 @@ def create_train_iterator(
     )
     if cfg.name not in captions.CAPTIONS:
         return batches
-    return _with_captions(batches, cfg.name, seed, process_index, start_step)
+    return _with_captions(batches, cfg.name, seed, process_index, process_count, start_step)
 
 
 def _with_captions(
-    batches: Iterator[Batch], dataset: str, seed: int, process_index: int, start_step: int
+    batches: Iterator[Batch],
+    dataset: str,
+    seed: int,
+    process_index: int,
+    process_count: int,
+    start_step: int,
 ) -> Iterator[Batch]:
     """Adds `caption_id` (a row of `captions.caption_table(dataset)`) to each labelled batch."""
     for step, batch in zip(itertools.count(start_step), batches, strict=False):
         ids = captions.caption_ids(
-            batch["label"], dataset, seed=seed, step=step, process_index=process_index
+            batch["label"],
+            dataset,
+            seed=seed,
+            step=step,
+            process_index=process_index,
+            process_count=process_count,
         )
         yield {**batch, "caption_id": ids}

@@ -46,3 +46,15 @@ def test_digit_batches_carry_caption_ids_and_resume_identically():
 def test_unknown_dataset_has_no_captions():
     with pytest.raises(ValueError, match="data.name='mnist' has no captions; .*digits"):
         captions.caption_table("mnist")
+
+
+def test_two_processes_slices_concatenate_to_the_one_process_captions():
+    labels = np.arange(8) % 10
+    whole = captions.caption_ids(labels, "digits", seed=3, step=7, process_index=0)
+    halves = [
+        captions.caption_ids(
+            labels[4 * p : 4 * p + 4], "digits", seed=3, step=7, process_index=p, process_count=2
+        )
+        for p in (0, 1)
+    ]
+    np.testing.assert_array_equal(np.concatenate(halves), whole)

@@ -24,12 +24,67 @@ flags.DEFINE_bool(
     False,
     "Call jax.distributed.initialize() (TPU pods and SLURM/GPU clusters detect their peers).",
 )
+flags.DEFINE_string(
+    "coordinator_address",
+    "",
+    'With --multihost: host:port of process 0 ("": auto-detect on TPU pods / SLURM).',
+)
+flags.DEFINE_integer("num_processes", 0, "With --multihost: number of processes (0: auto-detect).")
+flags.DEFINE_integer(
+    "process_id", -1, "With --multihost: this process's index in [0, num_processes) (-1: auto)."
+)
 flags.mark_flags_as_required(["config", "workdir"])
+
+
+def distributed_args(
+    multihost: bool, coordinator_address: str, num_processes: int, process_id: int
+) -> dict[str, str | int] | None:
+    """Arguments for jax.distributed.initialize(), or None for a single-process run.
+
+    No explicit values: {} (the cluster tells JAX its peers). Explicit ones must come together.
+    """
+    explicit = {
+        "--coordinator_address": coordinator_address != "",
+        "--num_processes": num_processes != 0,
+        "--process_id": process_id != -1,
+    }
+    if not multihost:
+        if any(explicit.values()):
+            given = ", ".join(name for name, set_ in explicit.items() if set_)
+            raise app.UsageError(f"{given} need --multihost.")
+        return None
+    if not any(explicit.values()):
+        return {}
+    missing = [name for name, set_ in explicit.items() if not set_]
+    if missing:
+        raise app.UsageError(
+            "--coordinator_address, --num_processes and --process_id go together; "
+            f"missing {', '.join(missing)}."
+        )
+    host, _, port = coordinator_address.rpartition(":")
+    if not host or not port.isdigit():
+        raise app.UsageError(
+            f"--coordinator_address={coordinator_address!r} must be host:port, e.g. 10.0.0.1:1234."
+        )
+    if num_processes < 1:
+        raise app.UsageError(f"--num_processes={num_processes} must be >= 1.")
+    if not 0 <= process_id < num_processes:
+        raise app.UsageError(
+            f"--process_id={process_id} must be in [0, --num_processes={num_processes})."
+        )
+    return {
+        "coordinator_address": coordinator_address,
+        "num_processes": num_processes,
+        "process_id": process_id,
+    }
 
 
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    distributed = distributed_args(
+        FLAGS.multihost, FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id
+    )
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow as tf  # noqa: PLC0415 (only to hide accelerators from tf.data)
 
@@ -37,8 +92,11 @@ def main(argv: list[str]) -> None:
     tf.config.set_visible_devices([], "TPU")
     import jax  # noqa: PLC0415
 
-    if FLAGS.multihost:
-        jax.distributed.initialize()
+    if distributed is not None:
+        # Cross-process collectives of the CPU backend (JAX's default, made explicit: only CPU
+        # runs use it, e.g. several CPU processes on one machine as tests/test_multihost.py does).
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize(**distributed)
     from training import loop, sample_run  # noqa: PLC0415 (after distributed init)
 
     logging.info(

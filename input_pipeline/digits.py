@@ -1,7 +1,8 @@
 """scikit-learn's 8x8 handwritten digits (1797 images, shipped with the package, no download).
 
 Every batch is a pure function of (seed, step, process): a run resumed at step k sees exactly the
-batches an uninterrupted run would have seen from step k on.
+batches an uninterrupted run would have seen from step k on, and the processes' slices of a step
+concatenate to the same global batch whatever the process count.
 """
 
 from __future__ import annotations
@@ -55,12 +56,13 @@ def make_batch(
     """This process's slice of global batch `step`."""
     global_batch = per_process_batch_size * process_count
     indices = global_batch_indices(len(images), global_batch, step, seed)
-    mine = indices[
-        process_index * per_process_batch_size : (process_index + 1) * per_process_batch_size
-    ]
+    rows = slice(
+        process_index * per_process_batch_size, (process_index + 1) * per_process_batch_size
+    )
+    mine = indices[rows]
     batch_images = images[mine]
-    if random_flip:
-        flips = np.random.default_rng([seed, step, process_index, 1]).random(len(mine)) < 0.5
+    if random_flip:  # drawn for the global batch, so it does not depend on the process count
+        flips = np.random.default_rng([seed, step, 1]).random(global_batch)[rows] < 0.5
         batch_images = np.where(flips[:, None, None, None], batch_images[:, :, ::-1], batch_images)
     return {"image": np.ascontiguousarray(batch_images), "label": labels[mine]}
 

@@ -58,6 +58,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.num_heads = 1  # Heads of each self-attention layer.
     config.model.dropout = 0.1  # Dropout inside ResBlocks (training only).
     config.model.num_groups = 32  # GroupNorm groups.
+    # "bfloat16": the network computes in bf16; parameters, optimizer state, EMA, the noise
+    # schedule, the loss and the samplers stay float32.
+    config.model.dtype = "float32"
+    config.model.remat = False  # Recompute each block's activations in the backward pass.
 
     # --- Conditioning ---------------------------------------------------------------------------
     config.conditioning = ml_collections.ConfigDict()
@@ -83,6 +87,13 @@ def get_config() -> ml_collections.ConfigDict:
     config.optimizer.weight_decay = 0.0  # Decoupled weight decay (adamw only).
     config.optimizer.grad_clip_norm = 1.0  # Global-norm gradient clipping; 0 disables.
     config.optimizer.ema_decay = 0.9999  # EMA of parameters used for sampling.
+
+    # --- Training step --------------------------------------------------------------------------
+    config.training = ml_collections.ConfigDict()
+    # Micro-batches per optimizer step: batch_size is split into this many parts, run one after
+    # another inside the step (a lax.scan), and their gradients averaged before the one update.
+    # Same update as the whole batch at once, with 1/steps of the activation memory.
+    config.training.grad_accumulation_steps = 1
 
     # --- Sampling -------------------------------------------------------------------------------
     config.sampler = ml_collections.ConfigDict()

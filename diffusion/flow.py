@@ -36,18 +36,30 @@ def sample_flow_times(key: jax.Array, batch_size: int, kind: str = "uniform") ->
     return jax.random.uniform(key, (batch_size,))
 
 
+def draw_flow_noise(
+    key: jax.Array, x0: jax.Array, time_sampling: str = "uniform"
+) -> tuple[jax.Array, jax.Array]:
+    """The loss's random draws for a batch: times t [B] in (0, 1) and eps ~ N(0, I) like x0."""
+    t_key, noise_key = jax.random.split(key)
+    t = sample_flow_times(t_key, x0.shape[0], time_sampling)
+    return t, jax.random.normal(noise_key, x0.shape, x0.dtype)
+
+
 def flow_matching_loss(
     model_fn: Callable[[jax.Array, jax.Array], jax.Array],
     x0: jax.Array,
-    key: jax.Array,
+    key: jax.Array | None,
     *,
     time_scale: float = 1000.0,
     time_sampling: str = "uniform",
+    draws: tuple[jax.Array, jax.Array] | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """MSE between the predicted and the conditional velocity (Lipman et al. eq. 23)."""
-    t_key, noise_key = jax.random.split(key)
-    t = sample_flow_times(t_key, x0.shape[0], time_sampling)
-    noise = jax.random.normal(noise_key, x0.shape, x0.dtype)
+    """MSE between the predicted and the conditional velocity (Lipman et al. eq. 23).
+
+    `draws` = (t, noise) replaces `draw_flow_noise(key, ...)` (a micro-batch's slice of the
+    whole batch's draws under gradient accumulation; `key` is then unused).
+    """
+    t, noise = draw_flow_noise(key, x0, time_sampling) if draws is None else draws
     with jax.named_scope("model"):
         output = model_fn(flow_q_sample(x0, t, noise), t * time_scale)
     loss = jnp.mean(jnp.square(output.astype(jnp.float32) - velocity_target(x0, noise)))

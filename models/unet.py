@@ -31,6 +31,7 @@ class UNetConfig:
     context_dim: int | None = None  # cross-attention to text tokens when set
     pooled_dim: int | None = None  # a pooled text embedding added to the timestep embedding
     dtype: str = "float32"
+    remat: bool = False  # recompute each ResBlock's / attention block's activations in backward
 
     @property
     def resolutions(self) -> tuple[int, ...]:
@@ -201,37 +202,45 @@ class UNet(nnx.Module):
             embedding = embedding + self.class_embed(class_labels)
         if pooled is not None:
             embedding = embedding + self.pooled_proj(pooled.astype(embedding.dtype))
-        cond = dict(context=context, context_mask=context_mask)
+        cond = (context, context_mask)
+        run = nnx.remat(_call_block) if config.remat else _call_block
 
         h = self.conv_in(x.astype(DTYPES[config.dtype]))
         skips = [h]
         block_index = 0
         for level in range(len(config.channel_mult)):
             for _ in range(config.num_res_blocks):
-                h = self.down_blocks[block_index](h, embedding)
+                h = run(self.down_blocks[block_index], h, embedding)
                 if self.down_attn[block_index] is not None:
-                    h = self.down_attn[block_index](h, **cond)
+                    h = run(self.down_attn[block_index], h, *cond)
                 skips.append(h)
                 block_index += 1
             if level < len(config.channel_mult) - 1:
                 h = self.downsamplers[level](h)
                 skips.append(h)
 
-        h = self.mid_block1(h, embedding)
-        h = self.mid_attn(h, **cond)
-        h = self.mid_block2(h, embedding)
+        h = run(self.mid_block1, h, embedding)
+        h = run(self.mid_attn, h, *cond)
+        h = run(self.mid_block2, h, embedding)
 
         block_index = 0
         for up_level, level in enumerate(reversed(range(len(config.channel_mult)))):
             for _ in range(config.num_res_blocks + 1):
-                h = self.up_blocks[block_index](
-                    jnp.concatenate([h, skips.pop()], axis=-1), embedding
+                h = run(
+                    self.up_blocks[block_index],
+                    jnp.concatenate([h, skips.pop()], axis=-1),
+                    embedding,
                 )
                 if self.up_attn[block_index] is not None:
-                    h = self.up_attn[block_index](h, **cond)
+                    h = run(self.up_attn[block_index], h, *cond)
                 block_index += 1
             if level > 0:
                 h = self.upsamplers[up_level](h)
 
         h = self.conv_out(nnx.silu(self.norm_out(h)))
         return h.astype(jnp.float32)
+
+
+def _call_block(block: nnx.Module, *args: jax.Array | None) -> jax.Array:
+    """block(*args): a ResBlock (h, embedding) or attention block (h, context, context_mask)."""
+    return block(*args)

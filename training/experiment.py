@@ -71,6 +71,15 @@ def validate_run(config: ml_collections.ConfigDict, num_batch_shards: int, proce
         raise ValueError(
             f"batch_size={config.batch_size} must divide evenly over {process_count} processes."
         )
+    steps = config.training.grad_accumulation_steps
+    if not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"training.grad_accumulation_steps={steps!r} must be an integer >= 1.")
+    if config.batch_size % (num_batch_shards * steps):
+        raise ValueError(
+            f"training.grad_accumulation_steps={steps} must divide the per-device batch: "
+            f"batch_size={config.batch_size} is not a multiple of {num_batch_shards} batch "
+            f"shards (mesh data x fsdp) x {steps} micro-batches = {num_batch_shards * steps}."
+        )
 
 
 def build_experiment(
@@ -163,6 +172,7 @@ def build_experiment(
             conditioning=cond.kind,
             cond_dropout=cond.dropout if cond.kind != "none" else 0.0,
             null_id=null_id,
+            grad_accumulation_steps=config.training.grad_accumulation_steps,
         ),
         flow_shift=diffusion_cfg.flow_shift,
         sampler=sampler,

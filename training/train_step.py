@@ -1,4 +1,5 @@
-"""The pure train step: noise-prediction loss, gradients, optax update, EMA."""
+"""The pure train step: noise-prediction loss, gradients (optionally accumulated over
+micro-batches), optax update, EMA."""
 
 from __future__ import annotations
 
@@ -26,11 +27,82 @@ class StepConfig:
     conditioning: str = "none"  # none | class | text (see training/conditioning.py)
     cond_dropout: float = 0.0  # chance of the null condition per example (CFG training)
     null_id: int = 0  # id of the null condition (class count, or the bank's empty prompt)
+    grad_accumulation_steps: int = 1  # micro-batches per optimizer step (one lax.scan)
 
 
 def ema_update(ema_params, params, decay: float):
     """ema <- decay * ema + (1 - decay) * params."""
     return jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema_params, params)
+
+
+def micro_batches(tree, steps: int, batch_sharding: jax.sharding.NamedSharding | None = None):
+    """Splits every [B, ...] leaf into [steps, B / steps, ...].
+
+    Micro-batch i takes the i-th 1/steps of each device's rows (not a contiguous slice of the
+    global batch), so it stays split over the batch's devices and no row changes device.
+    """
+
+    def split(x: jax.Array) -> jax.Array:
+        batch, rest = x.shape[0], x.shape[1:]
+        shards = 1 if batch_sharding is None else batch // batch_sharding.shard_shape(x.shape)[0]
+        x = x.reshape(shards, steps, batch // (shards * steps), *rest)  # [S, steps, m, ...]
+        x = jnp.swapaxes(x, 0, 1).reshape(steps, batch // steps, *rest)  # [steps, S * m, ...]
+        if batch_sharding is None:
+            return x
+        spec = jax.sharding.PartitionSpec(None, *batch_sharding.spec)
+        return jax.lax.with_sharding_constraint(
+            x, jax.sharding.NamedSharding(batch_sharding.mesh, spec)
+        )
+
+    return jax.tree.map(split, tree)
+
+
+def accumulate_gradients(
+    grad_fn, params, inputs, dropout_key: jax.Array, steps: int, batch_sharding
+):
+    """Mean gradients and metrics of `grad_fn(params, inputs, dropout_key)` over micro-batches.
+
+    With steps > 1 one `lax.scan` runs the forward and backward pass of each micro-batch in turn
+    (activations of one micro-batch live at a time), summing into accumulators shaped like the
+    gradients (float32, as the params); micro-batch i gets dropout key fold_in(dropout_key, i).
+    """
+    if steps == 1:
+        (_, aux), grads = grad_fn(params, inputs, dropout_key)
+        return grads, aux
+    micro = micro_batches(inputs, steps, batch_sharding)
+
+    def body(total, xs):
+        index, micro_inputs = xs
+        (_, aux), grads = grad_fn(params, micro_inputs, jax.random.fold_in(dropout_key, index))
+        return jax.tree.map(jnp.add, total, (grads, aux)), None
+
+    first = jax.tree.map(lambda x: x[0], micro)
+    (_, aux_shape), grads_shape = jax.eval_shape(lambda: grad_fn(params, first, dropout_key))
+    zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), (grads_shape, aux_shape))
+    total, _ = jax.lax.scan(body, zeros, (jnp.arange(steps), micro))
+    return jax.tree.map(lambda x: x / steps, total)
+
+
+def diffusion_loss(
+    params,
+    inputs: dict,
+    dropout_key: jax.Array,
+    *,
+    model: FunctionalModel,
+    schedule: NoiseSchedule,
+    config: StepConfig,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """The loss of a (micro-)batch `inputs` = {image, draws: (t, noise), cond}, and its metrics."""
+
+    def model_fn(x_t, t):
+        return model.apply(params, x_t, t, dropout_key=dropout_key, **inputs["cond"])
+
+    with jax.named_scope("diffusion_loss"):
+        if config.process == "flow":
+            return flow.flow_matching_loss(model_fn, inputs["image"], None, draws=inputs["draws"])
+        return losses.noise_prediction_loss(
+            model_fn, schedule, inputs["image"], None, config.prediction, draws=inputs["draws"]
+        )
 
 
 def train_step(
@@ -43,10 +115,15 @@ def train_step(
     optimizer: optax.GradientTransformation,
     learning_rate_fn: optax.Schedule,
     config: StepConfig,
+    batch_sharding: jax.sharding.NamedSharding | None = None,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One optimizer step on the global batch; returns the new state and scalar metrics.
 
     `bank` holds the text embeddings that text-conditioned batches index by `caption_id`.
+    Noise levels, noise and condition dropout are drawn for the whole batch from the step key,
+    so accumulating over micro-batches (`batch_sharding`: how the batch is split over devices)
+    sees the same draws as one full-batch pass. Only the network runs in `model.dtype`: images,
+    schedule, loss, gradients, optimizer state and EMA stay float32.
     """
     key = step_key(state)
     loss_key, dropout_key = jax.random.split(key)
@@ -58,19 +135,21 @@ def train_step(
         config.cond_dropout,
         config.null_id,
     )
-
-    def loss_fn(params):
-        def model_fn(x_t, t):
-            return model.apply(params, x_t, t, dropout_key=dropout_key, **cond)
-
-        with jax.named_scope("diffusion_loss"):
-            if config.process == "flow":
-                return flow.flow_matching_loss(model_fn, batch["image"], loss_key)
-            return losses.noise_prediction_loss(
-                model_fn, schedule, batch["image"], loss_key, config.prediction
-            )
-
-    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    images = batch["image"].astype(jnp.float32)  # [B, H, W, C]
+    if config.process == "flow":
+        draws = flow.draw_flow_noise(loss_key, images)
+    else:
+        draws = losses.draw_noise(loss_key, images, schedule.num_timesteps)
+    inputs = {"image": images, "draws": draws, "cond": cond}
+    loss_fn = functools.partial(diffusion_loss, model=model, schedule=schedule, config=config)
+    grads, aux = accumulate_gradients(
+        jax.value_and_grad(loss_fn, has_aux=True),
+        state.params,
+        inputs,
+        dropout_key,
+        config.grad_accumulation_steps,
+        batch_sharding,
+    )
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     new_state = state.replace(
@@ -98,7 +177,7 @@ def jit_train_step(
 
     The step is called as `step(state, batch, bank)`; the text bank (or None) is replicated.
     """
-    step = functools.partial(train_step, **static)
+    step = functools.partial(train_step, batch_sharding=batch_sharding, **static)
     replicated = jax.sharding.NamedSharding(batch_sharding.mesh, jax.sharding.PartitionSpec())
     return jax.jit(
         step,

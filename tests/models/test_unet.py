@@ -1,4 +1,5 @@
 import functools
+import re
 
 import jax
 import jax.numpy as jnp
@@ -199,3 +200,36 @@ def test_pooled_text_embedding_conditions_the_output():
 def test_invalid_configs_are_explained(changes, match):
     with pytest.raises(ValueError, match=match):
         UNetConfig(**changes).validate()
+
+
+def test_remat_gives_the_same_output_and_gradients():
+    """`remat=True` wraps every ResBlock and attention block in nnx.remat: same numbers (dropout
+    streams included), but the backward pass recomputes the blocks' activations."""
+    config = _tiny(context_dim=12, dropout=0.1)
+    plain, _, _ = _network(config)
+    remat, _, _ = _network(_tiny(context_dim=12, dropout=0.1, remat=True))
+    params = _random_params(plain, 0)
+    x = jax.random.normal(jax.random.key(0), (2, 8, 8, 1))
+    t, context = jnp.array([10, 500]), jax.random.normal(jax.random.key(1), (2, 5, 12))
+
+    def loss(model):
+        def value(p):
+            out = model.apply(p, x, t, context=context, dropout_key=jax.random.key(2))
+            return jnp.mean(out**2)
+
+        return jax.value_and_grad(value)
+
+    value, grads = jax.jit(loss(plain))(params)
+    remat_value, remat_grads = jax.jit(loss(remat))(params)
+    np.testing.assert_allclose(remat_value, value, rtol=1e-6)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), remat_grads, grads
+    )
+    assert float(jnp.abs(grads["down_blocks"][0]["conv1"]["kernel"]).max()) > 0
+
+    # One checkpoint per ResBlock (2 down, 2 mid, 4 up) and attention block (1, 1, 2).
+    def checkpoints(model) -> int:
+        forward = jax.make_jaxpr(lambda p: model.apply(p, x, t, context=context))(params)
+        return len(re.findall(r"\b(?:remat\d*|checkpoint)\[", str(forward)))
+
+    assert (checkpoints(remat), checkpoints(plain)) == (12, 0)

@@ -43,6 +43,8 @@ class MeshConfig:
     data: int = -1
     fsdp: int = 1
     tensor: int = 1
+    # "logical=axis,..." replaces the default rules (TENSOR_RULES then FSDP_RULES)
+    rules: str = ""
 
     def axis_sizes(self, num_devices: int) -> dict[str, int]:
         """Resolves -1 and checks the product equals the device count."""
@@ -136,10 +138,25 @@ def param_shardings(abstract_params, logical_specs, mesh: Mesh, rules: Sequence[
     )
 
 
-def rules_for(mesh: Mesh) -> tuple[tuple[str, str], ...]:
-    """The logical-axis rules of this mesh: tensor rules, then FSDP rules, for axes of size > 1."""
-    rules = TENSOR_RULES if mesh.shape.get("tensor", 1) > 1 else ()
-    return rules + (FSDP_RULES if mesh.shape.get("fsdp", 1) > 1 else ())
+def parse_rules(text: str) -> tuple[tuple[str, str], ...]:
+    """'heads=tensor,embed=fsdp' -> (('heads', 'tensor'), ('embed', 'fsdp')); names `mesh.rules`."""
+    rules = []
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        logical, _, axis = part.partition("=")
+        if not logical.strip() or axis.strip() not in MESH_AXES:
+            raise ValueError(
+                f"mesh.rules={text!r}: {part!r} must be logical_name=mesh_axis with the axis "
+                f"one of {', '.join(MESH_AXES)}."
+            )
+        rules.append((logical.strip(), axis.strip()))
+    return tuple(rules)
+
+
+def rules_for(mesh: Mesh, override: str = "") -> tuple[tuple[str, str], ...]:
+    """The logical-axis rules of this mesh: `override` (config `mesh.rules`) if given, else tensor
+    rules then FSDP rules; only rules whose mesh axis has size > 1 are kept."""
+    rules = parse_rules(override) if override else TENSOR_RULES + FSDP_RULES
+    return tuple((name, axis) for name, axis in rules if mesh.shape.get(axis, 1) > 1)
 
 
 def shard_like_params(tree, params_sharding, params_structure, mesh: Mesh):

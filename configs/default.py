@@ -123,4 +123,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.mesh.data = -1  # Data-parallel axis size; -1 takes all devices left over.
     config.mesh.fsdp = 1  # Parameter-sharding axis size (1 = parameters replicated).
     config.mesh.tensor = 1  # Tensor-parallel axis: attention heads and MLP units split over it.
+    # Logical parameter axis -> mesh axis, "name=axis,..." tried in order; "" = sharding.py's
+    # defaults (heads/mlp -> tensor, then conv_out/mlp/heads/embed/conv_in/classes -> fsdp).
+    config.mesh.rules = ""
     return config

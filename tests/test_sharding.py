@@ -97,3 +97,17 @@ def test_tensor_rules_split_columns_then_rows_and_fsdp_takes_the_other_dim():
     )
     only_tensor = sharding.make_mesh(sharding.MeshConfig(data=-1, tensor=2))
     assert sharding.rules_for(only_tensor) == sharding.TENSOR_RULES
+
+
+def test_rules_from_config_replace_the_defaults_and_bad_ones_are_named():
+    mesh = sharding.make_mesh(sharding.MeshConfig(data=2, fsdp=2, tensor=2))
+    rules = sharding.rules_for(mesh, "mlp=tensor, embed=fsdp")
+    assert rules == (("mlp", "tensor"), ("embed", "fsdp"))
+    # 'heads' is no longer mapped: attention kernels shard only their embed dim.
+    assert sharding.logical_to_mesh_spec(P("embed", "heads"), (64, 64), mesh, rules) == P(
+        "fsdp", None
+    )
+    data_only = sharding.make_mesh(sharding.MeshConfig(data=-1))
+    assert sharding.rules_for(data_only, "mlp=tensor") == ()  # axes of size 1 are dropped
+    with pytest.raises(ValueError, match=r"mesh\.rules='mlp=model'.*data, fsdp, tensor"):
+        sharding.parse_rules("mlp=model")

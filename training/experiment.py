@@ -41,6 +41,7 @@ class Experiment:
     step_config: StepConfig
     sampler: SamplerConfig
     mesh: Mesh
+    sharding_rules: tuple[tuple[str, str], ...] = ()  # logical axis -> mesh axis, in order
     flow_shift: float = 1.0
     conditioning: ConditioningConfig = ConditioningConfig()
     num_classes: int = 0
@@ -91,7 +92,9 @@ def build_experiment(
     pass over the dataset's captions and the sampling prompts (text-conditioned runs).
     """
     devices = list(devices or jax.devices())
-    mesh = sharding.make_mesh(sharding.MeshConfig(**config.mesh), devices)
+    mesh_config = sharding.MeshConfig(**config.mesh)
+    mesh = sharding.make_mesh(mesh_config, devices)
+    sharding_rules = sharding.rules_for(mesh, mesh_config.rules)
     validate_run(config, sharding.num_batch_shards(mesh), jax.process_count())
     data = pipeline.data_config_from(config.data)
     pipeline.validate_data_config(data)
@@ -177,6 +180,7 @@ def build_experiment(
         flow_shift=diffusion_cfg.flow_shift,
         sampler=sampler,
         mesh=mesh,
+        sharding_rules=sharding_rules,
         conditioning=cond,
         num_classes=num_classes,
         text_encoder=encoder,

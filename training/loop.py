@@ -29,7 +29,7 @@ def state_shardings(experiment: Experiment, abstract_state: TrainState) -> Train
         experiment.model.abstract_params,
         experiment.model.logical_specs,
         mesh,
-        sharding.rules_for(mesh),
+        experiment.sharding_rules,
     )
     params_structure = jax.tree.structure(abstract_state.params)
     return TrainState(

@@ -346,12 +346,15 @@ class DiT(nnx.Module):
           [B, H, W, output_channels] in float32.
         """
         config = self.config
-        if class_labels is not None and self.class_embed is None:
-            raise ValueError("class_labels were given but the DiT has num_classes=None.")
-        if context is not None and config.context_dim is None:
-            raise ValueError("context was given but the DiT has context_dim=None.")
-        if pooled is not None and self.pooled_in is None:
-            raise ValueError("pooled was given but the DiT has pooled_dim=None.")
+        layers.check_conditioning(
+            "DiT",
+            {"class_labels": class_labels, "context": context, "pooled": pooled},
+            {
+                "num_classes": config.num_classes is not None,
+                "context_dim": config.context_dim is not None,
+                "pooled_dim": config.pooled_dim is not None,
+            },
+        )
         dtype = DTYPES[config.dtype]
         with jax.named_scope("dit"):
             tokens = self.patch_embed(patchify(x.astype(dtype), config.patch_size))  # [B, T, D]

@@ -45,6 +45,16 @@ def timestep_embedding(t: jax.Array, dim: int, max_period: float = 10_000.0) -> 
     return embedding
 
 
+def check_conditioning(network: str, given: dict[str, object], accepted: dict[str, bool]) -> None:
+    """Refuses conditioning a network was not built for: `given` maps the call's conditioning
+    arguments to their values, `accepted` maps their config fields to whether they are set."""
+    fields = {"class_labels": "num_classes", "context": "context_dim", "pooled": "pooled_dim"}
+    for argument, value in given.items():
+        field = fields[argument]
+        if value is not None and not accepted[field]:
+            raise ValueError(f"{argument} was given but the {network} has {field}=None.")
+
+
 def conv(
     in_channels: int,
     out_channels: int,

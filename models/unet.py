@@ -189,12 +189,15 @@ class UNet(nnx.Module):
           [B, H, W, out_channels] in float32.
         """
         config = self.config
-        if class_labels is not None and self.class_embed is None:
-            raise ValueError("class_labels were given but the U-Net has num_classes=None.")
-        if context is not None and config.context_dim is None:
-            raise ValueError("context was given but the U-Net has context_dim=None.")
-        if pooled is not None and self.pooled_proj is None:
-            raise ValueError("pooled was given but the U-Net has pooled_dim=None.")
+        layers.check_conditioning(
+            "U-Net",
+            {"class_labels": class_labels, "context": context, "pooled": pooled},
+            {
+                "num_classes": config.num_classes is not None,
+                "context_dim": config.context_dim is not None,
+                "pooled_dim": config.pooled_dim is not None,
+            },
+        )
         embedding = self.time_embed(t)  # [B, 4 * base]
         if self.class_embed is not None:
             if class_labels is None:  # unconditional: the reserved "no class" row

@@ -11,7 +11,6 @@ batch), of the outputs and of temporaries (activations, gradients). `--time` als
 from __future__ import annotations
 
 import argparse
-import functools
 import os
 import sys
 import time
@@ -26,7 +25,6 @@ import sharding  # noqa: E402
 from configs import cifar_ddpm, cifar_dit  # noqa: E402
 from training import loop  # noqa: E402
 from training.experiment import build_experiment  # noqa: E402
-from training.train_state import TrainState  # noqa: E402
 
 MESHES = {"data=8": (8, 1, 1), "fsdp=8": (1, 8, 1), "data=2 fsdp=2 tensor=2": (2, 2, 2)}
 
@@ -41,14 +39,8 @@ def model_configs(batch_size: int):
     return {"CIFAR U-Net": unet, "DiT-B/2": dit}
 
 
-def abstract_inputs(experiment, shardings: TrainState, batch_size: int):
-    """Shape-only train state and batch carrying their shardings."""
-    init = functools.partial(loop._init_state, experiment, 0)
-    state = jax.tree.map(
-        lambda leaf, s: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=s),
-        jax.eval_shape(init),
-        shardings,
-    )
+def abstract_batch(experiment, batch_size: int):
+    """A shape-only batch carrying its sharding."""
     batch_sharding = sharding.batch_sharding(experiment.mesh)
     size, channels = experiment.data.image_size, experiment.data.channels
     batch = {
@@ -58,17 +50,16 @@ def abstract_inputs(experiment, shardings: TrainState, batch_size: int):
         "label": jax.ShapeDtypeStruct((batch_size,), jnp.int32, sharding=batch_sharding),
         "caption_id": jax.ShapeDtypeStruct((batch_size,), jnp.int32, sharding=batch_sharding),
     }
-    return state, batch
+    return batch
 
 
 def measure(config, mesh_sizes, run: bool):
     """(argument, output, temp MiB per device, step seconds or None) for one config and mesh."""
     config.mesh.data, config.mesh.fsdp, config.mesh.tensor = mesh_sizes
     experiment = build_experiment(config)
-    init = functools.partial(loop._init_state, experiment, 0)
-    shardings = loop.state_shardings(experiment, jax.eval_shape(init))
+    state, shardings = loop.abstract_state(experiment)
     step = loop.make_train_step(experiment, shardings)
-    state, batch = abstract_inputs(experiment, shardings, config.batch_size)
+    batch = abstract_batch(experiment, config.batch_size)
     compiled = step.lower(state, batch, None).compile()
     memory = compiled.memory_analysis()
     mib = 1 / 2**20

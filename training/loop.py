@@ -51,14 +51,18 @@ def create_state(experiment: Experiment, seed: int) -> tuple[TrainState, TrainSt
         return jax.jit(init, out_shardings=shardings)(), shardings
 
 
+def abstract_state(experiment: Experiment, seed: int = 0) -> tuple[TrainState, TrainState]:
+    """The train state as shape-only leaves carrying their shardings (nothing allocated), and
+    those shardings: what restoring, lowering or memory analysis needs."""
+    shapes = jax.eval_shape(functools.partial(_init_state, experiment, seed))
+    shardings = state_shardings(experiment, shapes)
+    return checkpointing.abstract_like(shapes, shardings), shardings
+
+
 def init_or_restore(experiment: Experiment, manager, seed: int) -> tuple[TrainState, TrainState]:
     """Restores the newest checkpoint into place, or creates a fresh state; plus its shardings."""
-    init = functools.partial(_init_state, experiment, seed)
-    abstract_state = jax.eval_shape(init)
-    shardings = state_shardings(experiment, abstract_state)
-    restored = checkpointing.restore_latest(
-        manager, checkpointing.abstract_like(abstract_state, shardings)
-    )
+    abstract, shardings = abstract_state(experiment, seed)
+    restored = checkpointing.restore_latest(manager, abstract)
     if restored is not None:
         return restored, shardings
     return create_state(experiment, seed)

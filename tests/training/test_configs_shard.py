@@ -4,8 +4,6 @@ Digits configs take real steps on synthetic batches; CIFAR configs (whose data i
 machine) compile their full-size train step on shape-only inputs for both meshes.
 """
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -81,13 +79,7 @@ def test_cifar_configs_compile_their_sharded_step(module, mesh, clip_dir):
     if module is cifar_text:
         config.text_encoder.path = str(clip_dir)  # a small random CLIP in the HF layout
     experiment = build_experiment(config)
-    init = functools.partial(loop._init_state, experiment, 0)
-    shardings = loop.state_shardings(experiment, jax.eval_shape(init))
-    state = jax.tree.map(
-        lambda leaf, s: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=s),
-        jax.eval_shape(init),
-        shardings,
-    )
+    state, shardings = loop.abstract_state(experiment)
     batch_sharding = sharding.batch_sharding(experiment.mesh)
     batch = jax.tree.map(
         lambda a: jax.ShapeDtypeStruct(a.shape, jnp.asarray(a).dtype, sharding=batch_sharding),

@@ -10,6 +10,8 @@ import numpy as np
 from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from models import logical
+
 MESH_AXES = ("data", "fsdp", "tensor")
 # The batch dimension is split over every mesh axis that holds a copy of the computation; the
 # tensor axis instead splits the work inside each layer (attention heads, MLP hidden units).
@@ -45,6 +47,8 @@ class MeshConfig:
     tensor: int = 1
     # "logical=axis,..." replaces the default rules (TENSOR_RULES then FSDP_RULES)
     rules: str = ""
+    # split the transformer residual stream by tokens over 'tensor' (see activation_rules)
+    sequence_parallel: bool = False
 
     def axis_sizes(self, num_devices: int) -> dict[str, int]:
         """Resolves -1 and checks the product equals the device count."""
@@ -176,3 +180,55 @@ def host_batch_to_global(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, 
     return {
         key: jax.make_array_from_process_local_data(sharding, value) for key, value in batch.items()
     }
+
+
+def activation_rules(sequence_parallel: bool = False) -> dict[str, tuple[str, ...]]:
+    """Logical activation axis (models/logical.py) -> the mesh axes that split it.
+
+    The batch follows the batch axes; under tensor parallelism each device keeps its own heads
+    and MLP units between the column- and row-split kernels (Shoeybi et al. 2019). With
+    `sequence_parallel` the residual stream between those layers is split by tokens over
+    'tensor' too (Korthikanti et al. 2022, sec. 4.2.2), so layer norms, residual adds and the
+    activations kept for the backward pass are not repeated on every tensor device.
+    """
+    rules = {"batch": BATCH_AXES, "heads": ("tensor",), "mlp": ("tensor",)}
+    if sequence_parallel:
+        rules["length"] = ("tensor",)
+    return rules
+
+
+def activation_spec(
+    shape: tuple[int, ...],
+    names: tuple[str | None, ...],
+    mesh: Mesh,
+    rules: dict[str, tuple[str, ...]],
+) -> PartitionSpec:
+    """The layout the rules ask for; a dimension they do not split (unnamed, no rule, or not
+    divisible by its axes) is left UNCONSTRAINED for XLA to choose, never forced replicated."""
+    spec: list = []
+    used: set[str] = set()
+    for size, name in zip(shape, names, strict=True):
+        axes = tuple(
+            axis for axis in rules.get(name, ()) if mesh.shape[axis] > 1 and axis not in used
+        )
+        split = int(np.prod([mesh.shape[axis] for axis in axes]))
+        if axes and size % split == 0:
+            spec.append(axes if len(axes) > 1 else axes[0])
+            used.update(axes)
+        else:
+            spec.append(PartitionSpec.UNCONSTRAINED)
+    return PartitionSpec(*spec)
+
+
+def activation_constraints(mesh: Mesh, sequence_parallel: bool = False):
+    """A context in which the models' `logical.constrain` marks become sharding constraints
+    on `mesh` (enter it inside the traced function: it acts while jit traces)."""
+    rules = activation_rules(sequence_parallel)
+
+    def resolve(x: jax.Array, names: tuple[str | None, ...]) -> jax.Array:
+        spec = activation_spec(tuple(x.shape), names, mesh, rules)
+        if all(axis is PartitionSpec.UNCONSTRAINED for axis in spec):
+            return x
+        return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
+
+    return logical.resolving(resolve)

@@ -26,7 +26,14 @@ from configs import cifar_ddpm, cifar_dit  # noqa: E402
 from training import loop  # noqa: E402
 from training.experiment import build_experiment  # noqa: E402
 
-MESHES = {"data=8": (8, 1, 1), "fsdp=8": (1, 8, 1), "data=2 fsdp=2 tensor=2": (2, 2, 2)}
+# name -> (data, fsdp, tensor, sequence_parallel)
+MESHES = {
+    "data=8": (8, 1, 1, False),
+    "fsdp=8": (1, 8, 1, False),
+    "data=2 fsdp=2 tensor=2": (2, 2, 2, False),
+    "data=2 tensor=4": (2, 1, 4, False),
+    "data=2 tensor=4 sequence_parallel": (2, 1, 4, True),
+}
 
 
 def model_configs(batch_size: int):
@@ -55,7 +62,9 @@ def abstract_batch(experiment, batch_size: int):
 
 def measure(config, mesh_sizes, run: bool):
     """(argument, output, temp MiB per device, step seconds or None) for one config and mesh."""
-    config.mesh.data, config.mesh.fsdp, config.mesh.tensor = mesh_sizes
+    config.mesh.data, config.mesh.fsdp, config.mesh.tensor, config.mesh.sequence_parallel = (
+        mesh_sizes
+    )
     experiment = build_experiment(config)
     state, shardings = loop.abstract_state(experiment)
     step = loop.make_train_step(experiment, shardings)
@@ -86,6 +95,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--time", action="store_true", help="also run 3 steps and time them")
+    parser.add_argument("--models", default="", help="comma-separated subset, e.g. DiT-B/2")
+    parser.add_argument("--meshes", default="", help="comma-separated subset of the mesh names")
+    parser.add_argument("--remat", action="store_true", help="model.remat = True")
     args = parser.parse_args()
     if jax.device_count() != 8:
         raise SystemExit("needs 8 devices: XLA_FLAGS=--xla_force_host_platform_device_count=8")
@@ -96,8 +108,13 @@ def main() -> None:
         "temporaries MiB/device | step s |"
     )
     print("|---|---:|---|---:|---:|---:|---:|")
-    for name, config in model_configs(args.batch).items():
-        for mesh_name, sizes in MESHES.items():
+    chosen = lambda names, given: [n for n in names if not given or n in given.split(",")]  # noqa: E731
+    configs = model_configs(args.batch)
+    for name in chosen(configs, args.models):
+        config = configs[name]
+        config.model.remat = args.remat
+        for mesh_name in chosen(MESHES, args.meshes):
+            sizes = MESHES[mesh_name]
             arguments, outputs, temps, seconds = measure(config, sizes, args.time)
             params = sum(
                 leaf.size

@@ -94,6 +94,10 @@ def get_config() -> ml_collections.ConfigDict:
     # another inside the step (a lax.scan), and their gradients averaged before the one update.
     # Same update as the whole batch at once, with 1/steps of the activation memory.
     config.training.grad_accumulation_steps = 1
+    # A step whose loss or gradient norm is NaN / inf never changes the parameters. "skip": go on
+    # (skipped steps are counted, logged and written as `skipped_steps`); "stop": raise before
+    # the next checkpoint, leaving the last good one as the newest.
+    config.training.nonfinite_policy = "skip"
 
     # --- Sampling -------------------------------------------------------------------------------
     config.sampler = ml_collections.ConfigDict()
@@ -126,4 +130,7 @@ def get_config() -> ml_collections.ConfigDict:
     # Logical parameter axis -> mesh axis, "name=axis,..." tried in order; "" = sharding.py's
     # defaults (heads/mlp -> tensor, then conv_out/mlp/heads/embed/conv_in/classes -> fsdp).
     config.mesh.rules = ""
+    # Also split the transformer residual stream by tokens over 'tensor' (sequence parallelism:
+    # less activation memory per device when mesh.tensor > 1; no effect otherwise).
+    config.mesh.sequence_parallel = False
     return config

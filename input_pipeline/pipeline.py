@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from errors import ConfigError
 from input_pipeline import captions, digits, tfds_source
 
 # {"image": float32 [b, H, W, C] in [-1, 1], "label": int32 [b], "caption_id": int32 [b]}
@@ -46,33 +47,33 @@ def data_config_from(data_cfg: Mapping[str, Any]) -> DataConfig:
 
 
 def validate_data_config(cfg: DataConfig) -> None:
-    """Raises ValueError naming the `data.*` field, its value and what is allowed."""
+    """Raises ConfigError naming the `data.*` field, its value and what is allowed."""
     if cfg.name not in DATASETS:
-        raise ValueError(f"data.name={cfg.name!r} is not known; allowed: {', '.join(DATASETS)}")
+        raise ConfigError(f"data.name={cfg.name!r} is not known; allowed: {', '.join(DATASETS)}")
     native_size, channels, _, _ = DATASETS[cfg.name]
     if cfg.name == "tfds":
         _validate_generic(cfg)
     elif cfg.image_size < native_size or cfg.image_size % native_size:
-        raise ValueError(
+        raise ConfigError(
             f"data.image_size={cfg.image_size} does not fit {cfg.name}: use {native_size} "
             f"or a multiple of it (images are enlarged by pixel repetition)."
         )
     elif cfg.channels != channels:
-        raise ValueError(f"data.channels={cfg.channels} but {cfg.name} has {channels} channel(s).")
+        raise ConfigError(f"data.channels={cfg.channels} but {cfg.name} has {channels} channel(s).")
     if cfg.shuffle_buffer < 1:
-        raise ValueError(f"data.shuffle_buffer={cfg.shuffle_buffer} must be >= 1.")
+        raise ConfigError(f"data.shuffle_buffer={cfg.shuffle_buffer} must be >= 1.")
 
 
 def _validate_generic(cfg: DataConfig) -> None:
     """The fields of `data.name = "tfds"`."""
     if not cfg.tfds_name:
-        raise ValueError('data.name="tfds" needs data.tfds_name (e.g. "coco_captions").')
+        raise ConfigError('data.name="tfds" needs data.tfds_name (e.g. "coco_captions").')
     if cfg.image_size < 1:
-        raise ValueError(f"data.image_size={cfg.image_size} must be >= 1.")
+        raise ConfigError(f"data.image_size={cfg.image_size} must be >= 1.")
     if cfg.channels not in (1, 3):
-        raise ValueError(f"data.channels={cfg.channels} must be 1 or 3.")
+        raise ConfigError(f"data.channels={cfg.channels} must be 1 or 3.")
     if not cfg.image_key:
-        raise ValueError("data.image_key must name the dataset's image feature.")
+        raise ConfigError(f"data.image_key={cfg.image_key!r} must name the image feature.")
 
 
 def num_classes(name: str) -> int:

@@ -19,6 +19,7 @@ import numpy as np
 from flax import nnx
 
 from models import layers
+from models.logical import constrain
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 # size -> (depth, hidden size, heads), Table 1 of the paper.
@@ -99,8 +100,11 @@ class DiTConfig:
                 f"model.pos_embed='sincos' needs a hidden size divisible by 4 (sine and cosine "
                 f"of two coordinates); model.hidden_size is {hidden}."
             )
-        if int(hidden * self.mlp_ratio) < 1:
-            raise ValueError(f"model.mlp_ratio={self.mlp_ratio} leaves the MLP without width.")
+        if not 1 <= hidden * self.mlp_ratio < float("inf"):  # NaN and overflow included
+            raise ValueError(
+                f"model.mlp_ratio={self.mlp_ratio} gives the MLP a width of "
+                f"{hidden * self.mlp_ratio}; allowed: a finite width >= 1."
+            )
         for name in ("in_channels", "out_channels"):
             if getattr(self, name) < 1:
                 raise ValueError(f"model.{name}={getattr(self, name)} must be >= 1.")
@@ -236,8 +240,9 @@ class DiTBlock(nnx.Module):
         keys = (None, None) if dropout_key is None else jax.random.split(dropout_key)
         modulation = self.modulation(nnx.silu(c))[:, None, :]  # [B, 1, 6D]
         shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = jnp.split(modulation, 6, axis=-1)
+        stream = lambda a: constrain(a, ("batch", "length", "embed"))  # noqa: E731
         h = self.attention(modulate(self.norm_attention(x), shift_a, scale_a))
-        x = x + gate_a * self.dropout(h, rngs=keys[0])
+        x = stream(x + gate_a * self.dropout(h, rngs=keys[0]))
         if self.cross_attention is not None and context is not None:
             mask = None if context_mask is None else context_mask.astype(bool)
             h = self.cross_attention(
@@ -247,10 +252,10 @@ class DiTBlock(nnx.Module):
             )
             if mask is not None:  # a caption without real tokens contributes nothing
                 h = jnp.where(mask.any(axis=-1)[:, None, None], h, 0)
-            x = x + h
+            x = stream(x + h)
         h = modulate(self.norm_mlp(x), shift_m, scale_m)
-        h = self.mlp_out(jax.nn.gelu(self.mlp_in(h), approximate=True))
-        return x + gate_m * self.dropout(h, rngs=keys[1])
+        h = constrain(jax.nn.gelu(self.mlp_in(h), approximate=True), ("batch", None, "mlp"))
+        return stream(x + gate_m * self.dropout(self.mlp_out(h), rngs=keys[1]))
 
 
 class FinalLayer(nnx.Module):
@@ -363,6 +368,7 @@ class DiT(nnx.Module):
                 tokens = tokens + jnp.asarray(sincos_pos_embed(config.grid, hidden), dtype)
             else:
                 tokens = tokens + self.pos_embed[...].astype(dtype)
+            tokens = constrain(tokens, ("batch", "length", "embed"))
             c = self.conditioning(t, class_labels, pooled)  # [B, D]
             tokens = self.run_blocks(tokens, c, context, context_mask)
             out = self.final(tokens, c)  # [B, T, p * p * output_channels]

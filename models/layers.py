@@ -13,6 +13,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from models.logical import constrain
+
 # Ho et al. 2020 initialise with variance scaling over fan_avg (Glorot/Xavier uniform).
 default_kernel_init = nnx.initializers.xavier_uniform()
 zeros = nnx.initializers.zeros_init()
@@ -157,7 +159,8 @@ class ResBlock(nnx.Module):
         h = self.conv1(nnx.silu(self.norm1(x)))
         h = h + self.embed_proj(nnx.silu(embedding))[:, None, None, :]
         h = self.conv2(self.dropout(nnx.silu(self.norm2(h))))
-        return (x if self.skip is None else self.skip(x)) + h
+        out = (x if self.skip is None else self.skip(x)) + h
+        return constrain(out, ("batch", None, None, None))
 
 
 class AttentionBlock(nnx.Module):
@@ -247,7 +250,8 @@ class GEGLU(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         value, gate = jnp.split(self.proj(x), 2, axis=-1)
-        return self.out(value * jax.nn.gelu(gate, approximate=False))
+        hidden = constrain(value * jax.nn.gelu(gate, approximate=False), ("batch", None, "mlp"))
+        return self.out(hidden)
 
 
 class SpatialTransformer(nnx.Module):
@@ -290,12 +294,13 @@ class SpatialTransformer(nnx.Module):
     ) -> jax.Array:
         """Without `context` the cross-attention sublayer is skipped (an unconditional call)."""
         batch, height, width, channels = x.shape
-        h = self.proj_in(self.norm(x).reshape(batch, height * width, channels))
-        h = h + self.self_attention(self.norm_self(h))
+        stream = lambda a: constrain(a, ("batch", "length", "embed"))  # noqa: E731
+        h = stream(self.proj_in(self.norm(x).reshape(batch, height * width, channels)))
+        h = stream(h + self.self_attention(self.norm_self(h)))
         if context is not None:
             mask = None if context_mask is None else context_mask[:, None, None, :].astype(bool)
-            h = h + self.cross_attention(self.norm_cross(h), context.astype(h.dtype), mask)
-        h = h + self.feed_forward(self.norm_ff(h))
+            h = stream(h + self.cross_attention(self.norm_cross(h), context.astype(h.dtype), mask))
+        h = stream(h + self.feed_forward(self.norm_ff(h)))
         return x + self.proj_out(h).reshape(x.shape)
 
 
@@ -309,9 +314,13 @@ def attention(
     """Scaled dot-product attention [B, T, C] x [B, S, C] -> [B, T, C] split into heads."""
     batch, length, channels = query.shape
     head_dim = channels // num_heads
-    split = lambda a: a.reshape(a.shape[0], a.shape[1], num_heads, head_dim)  # noqa: E731
+    per_head = ("batch", None, "heads", None)  # each tensor-parallel device keeps its heads
+
+    def split(a: jax.Array) -> jax.Array:
+        return constrain(a.reshape(a.shape[0], a.shape[1], num_heads, head_dim), per_head)
+
     out = jax.nn.dot_product_attention(split(query), split(key), split(value), mask=mask)
-    return out.reshape(batch, length, channels)
+    return constrain(out, per_head).reshape(batch, length, channels)
 
 
 class Downsample(nnx.Module):

@@ -57,6 +57,9 @@ class UNetConfig:
             )
         if self.num_res_blocks < 1:
             raise ValueError(f"model.num_res_blocks={self.num_res_blocks} must be >= 1.")
+        for name in ("num_groups", "num_heads"):  # divisors below
+            if getattr(self, name) < 1:
+                raise ValueError(f"model.{name}={getattr(self, name)} must be >= 1.")
         for mult in self.channel_mult:
             channels = self.base_channels * mult
             if channels % self.num_groups:
@@ -73,7 +76,8 @@ class UNetConfig:
         if missing:
             raise ValueError(
                 f"model.attention_resolutions={self.attention_resolutions}: {missing} never "
-                f"occur; the feature-map sizes are {self.resolutions}."
+                f"occur; the feature-map sizes are {self.resolutions} "
+                f"(data.image_size={self.image_size}, halved per model.channel_mult level)."
             )
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"model.dropout={self.dropout} must be in [0, 1).")

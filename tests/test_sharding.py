@@ -6,6 +6,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 import sharding
+from models import logical
 
 
 def test_mesh_fills_minus_one_and_multiplies_to_device_count():
@@ -111,3 +112,41 @@ def test_rules_from_config_replace_the_defaults_and_bad_ones_are_named():
     assert sharding.rules_for(data_only, "mlp=tensor") == ()  # axes of size 1 are dropped
     with pytest.raises(ValueError, match=r"mesh\.rules='mlp=model'.*data, fsdp, tensor"):
         sharding.parse_rules("mlp=model")
+
+
+def test_activation_spec_splits_named_divisible_dims_and_leaves_the_rest_to_xla():
+    mesh = sharding.make_mesh(sharding.MeshConfig(data=2, fsdp=1, tensor=4))
+    unconstrained = P.UNCONSTRAINED
+    plain = sharding.activation_rules(sequence_parallel=False)
+    sequence = sharding.activation_rules(sequence_parallel=True)
+    names = ("batch", "length", "embed")
+    assert sharding.activation_spec((8, 16, 32), names, mesh, plain) == P(
+        "data", unconstrained, unconstrained
+    )
+    assert sharding.activation_spec((8, 16, 32), names, mesh, sequence) == P(
+        "data", "tensor", unconstrained
+    )
+    # 6 tokens do not split 4 ways; an odd batch does not split 2 ways: XLA decides.
+    assert sharding.activation_spec((3, 6, 32), names, mesh, sequence) == P(
+        unconstrained, unconstrained, unconstrained
+    )
+    heads = ("batch", None, "heads", None)
+    assert sharding.activation_spec((8, 16, 12, 8), heads, mesh, plain) == P(
+        "data", unconstrained, "tensor", unconstrained
+    )
+
+
+def test_models_activation_marks_are_identities_outside_the_context_and_constraints_inside():
+    mesh = sharding.make_mesh(sharding.MeshConfig(data=2, fsdp=1, tensor=4))
+    x = jnp.ones((8, 16, 32))
+    assert logical.constrain(x, ("batch", "length", "embed")) is x
+    with pytest.raises(ValueError, match="3 axis names"):
+        logical.constrain(jnp.ones((8, 16)), ("batch", "length", "embed"))
+
+    def marked(x):
+        with sharding.activation_constraints(mesh, sequence_parallel=True):
+            return logical.constrain(x * 2, ("batch", "length", "embed")) + 1
+
+    text = jax.jit(marked).lower(x).as_text()
+    assert "sharding_constraint" in text and '[{"data"}, {"tensor"}, {?}]' in text
+    np.testing.assert_array_equal(np.asarray(jax.jit(marked)(x)), np.full((8, 16, 32), 3.0))

@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from errors import ConfigError
+
 KINDS = ("none", "class", "text")
 
 
@@ -27,13 +29,13 @@ class ConditioningConfig:
     dropout: float = 0.1  # chance that an example's condition is replaced by the null condition
 
     def validate(self) -> None:
-        """Raises ValueError naming the `conditioning.*` field."""
+        """Raises ConfigError naming the `conditioning.*` field."""
         if self.kind not in KINDS:
-            raise ValueError(
+            raise ConfigError(
                 f"conditioning.kind={self.kind!r} is not known; allowed: {', '.join(KINDS)}"
             )
         if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"conditioning.dropout={self.dropout!r} must be in [0, 1).")
+            raise ConfigError(f"conditioning.dropout={self.dropout!r} must be in [0, 1).")
 
 
 @jax.tree_util.register_dataclass
@@ -161,16 +163,16 @@ def parse_class_labels(text: str, num_classes: int) -> np.ndarray:
     if not text.strip():
         return np.arange(num_classes, dtype=np.int32)
     try:
-        labels = np.array([int(part) for part in text.split(",")], np.int32)
+        labels = [int(part) for part in text.split(",")]
     except ValueError:
-        raise ValueError(
+        raise ConfigError(
             f"sampler.class_labels={text!r} must be comma-separated ints, e.g. '3,5'."
         ) from None
-    if labels.min() < 0 or labels.max() >= num_classes:
-        raise ValueError(
+    if min(labels) < 0 or max(labels) >= num_classes:
+        raise ConfigError(
             f"sampler.class_labels={text!r}: labels must be in [0, {num_classes - 1}]."
         )
-    return labels
+    return np.array(labels, np.int32)
 
 
 def parse_prompts(text: str) -> list[str]:
@@ -218,7 +220,7 @@ def sample_conditions(
         )
     texts = parse_prompts(prompts) or list(default_prompts)
     if not texts:
-        raise ValueError("sampler.prompts is empty and the dataset has no captions to default to.")
+        raise ConfigError("sampler.prompts is empty and the dataset has no captions to default to.")
     bank = encode_prompts(encoder, [*texts, negative_prompt])
     prompt_ids = np.repeat(np.arange(len(texts)), per_prompt)
     return SampleConditions(

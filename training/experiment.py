@@ -13,8 +13,9 @@ from flax import nnx
 from jax.sharding import Mesh
 
 import sharding
-from diffusion import flow, forward, schedules
+from diffusion import schedules
 from diffusion.schedules import NoiseSchedule
+from errors import ConfigError
 from input_pipeline import captions, pipeline
 from models import registry
 from models.functional import FunctionalModel, functionalize
@@ -23,8 +24,7 @@ from training.conditioning import ConditioningConfig, SampleConditions, TextBank
 from training.optimizer import OptimizerConfig, learning_rate_schedule, make_optimizer
 from training.sampling import SamplerConfig
 from training.train_step import StepConfig
-
-PROCESSES = ("ddpm", "flow")
+from training.validation import config_errors, validate_config
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +42,7 @@ class Experiment:
     sampler: SamplerConfig
     mesh: Mesh
     sharding_rules: tuple[tuple[str, str], ...] = ()  # logical axis -> mesh axis, in order
+    sequence_parallel: bool = False  # residual stream split by tokens over 'tensor'
     flow_shift: float = 1.0
     conditioning: ConditioningConfig = ConditioningConfig()
     num_classes: int = 0
@@ -54,50 +55,21 @@ class Experiment:
         return (self.data.image_size, self.data.image_size, self.data.channels)
 
 
-def validate_run(config: ml_collections.ConfigDict, num_batch_shards: int, process_count: int):
-    """Checks the run-level fields (lengths, cadences, batch divisibility)."""
-    if config.num_train_steps < 0:
-        raise ValueError(f"num_train_steps={config.num_train_steps} must be >= 0.")
-    for field in ("log_every_steps", "checkpoint_every_steps", "max_checkpoints_to_keep"):
-        if config[field] < 1:
-            raise ValueError(f"{field}={config[field]} must be >= 1.")
-    if config.sample_every_steps < 0:
-        raise ValueError(f"sample_every_steps={config.sample_every_steps} must be >= 0 (0: off).")
-    if config.batch_size < 1 or config.batch_size % num_batch_shards:
-        raise ValueError(
-            f"batch_size={config.batch_size} must be a positive multiple of the "
-            f"{num_batch_shards} devices it is split over (mesh data x fsdp)."
-        )
-    if config.batch_size % process_count:
-        raise ValueError(
-            f"batch_size={config.batch_size} must divide evenly over {process_count} processes."
-        )
-    steps = config.training.grad_accumulation_steps
-    if not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"training.grad_accumulation_steps={steps!r} must be an integer >= 1.")
-    if config.batch_size % (num_batch_shards * steps):
-        raise ValueError(
-            f"training.grad_accumulation_steps={steps} must divide the per-device batch: "
-            f"batch_size={config.batch_size} is not a multiple of {num_batch_shards} batch "
-            f"shards (mesh data x fsdp) x {steps} micro-batches = {num_batch_shards * steps}."
-        )
-
-
 def build_experiment(
     config: ml_collections.ConfigDict, devices: list[jax.Device] | None = None
 ) -> Experiment:
     """Validates the config and builds the run's objects.
 
-    Every check runs first; the only computation, after them, is the frozen text encoder's one
-    pass over the dataset's captions and the sampling prompts (text-conditioned runs).
+    Every check runs first (`training.validation.validate_config`: ConfigError naming the field);
+    the only computation, after them, is the frozen text encoder's one pass over the dataset's
+    captions and the sampling prompts (text-conditioned runs).
     """
     devices = list(devices or jax.devices())
+    validate_config(config, len(devices), jax.process_count())
     mesh_config = sharding.MeshConfig(**config.mesh)
     mesh = sharding.make_mesh(mesh_config, devices)
     sharding_rules = sharding.rules_for(mesh, mesh_config.rules)
-    validate_run(config, sharding.num_batch_shards(mesh), jax.process_count())
     data = pipeline.data_config_from(config.data)
-    pipeline.validate_data_config(data)
     diffusion_cfg = config.diffusion
     schedule = schedules.make_schedule(
         diffusion_cfg.schedule,
@@ -105,59 +77,27 @@ def build_experiment(
         diffusion_cfg.beta_start,
         diffusion_cfg.beta_end,
     )
-    forward.validate_prediction(diffusion_cfg.prediction)
-    if diffusion_cfg.process not in PROCESSES:
-        raise ValueError(
-            f"diffusion.process={diffusion_cfg.process!r} is not known; allowed: "
-            f"{', '.join(PROCESSES)}"
-        )
     cond = ConditioningConfig(**config.conditioning)
-    cond.validate()
     num_classes = pipeline.num_classes(data.name)
     encoder, caption_table = None, []
-    if cond.kind == "class" and num_classes == 0:
-        raise ValueError(
-            f"conditioning.kind='class' needs labels; data.name={data.name!r} has none."
-        )
     if cond.kind == "text":
-        if data.name in captions.CAPTIONS:
+        if data.name in captions.CAPTIONS:  # else free text, embedded batch by batch
             caption_table = captions.caption_table(data.name)
-        elif not data.text_key:  # free text: embedded batch by batch, the bank is just ""
-            raise ValueError(
-                f"conditioning.kind='text' needs captions: data.name={data.name!r} has none; "
-                f"use {', '.join(captions.CAPTIONS)}, or data.name='tfds' with data.text_key."
-            )
         encoder = load_text_encoder(config.text_encoder)  # reads files; runs nothing yet
-    elif config.text_encoder.name != "none":
-        raise ValueError(
-            f"text_encoder.name={config.text_encoder.name!r} needs conditioning.kind='text' "
-            f"(got {cond.kind!r})."
-        )
     # The null condition: the reserved class row, or the caption bank's last (empty) prompt.
     null_id = {"none": 0, "class": num_classes, "text": len(caption_table)}[cond.kind]
-    model_config = registry.make_model_config(
-        config.model,
-        image_size=data.image_size,
-        channels=data.channels,
-        num_classes=num_classes if cond.kind == "class" else None,
-        context_dim=encoder.hidden_size if encoder else None,
-        pooled_dim=encoder.pooled_size if encoder else None,
-    )
-    if getattr(model_config, "learn_sigma", False):
-        raise ValueError(
-            "model.learn_sigma=True doubles the output channels for a learned variance, which "
-            "the training loss does not use; set model.learn_sigma=False."
+    with config_errors("model"):  # checked already, now with the encoder's real widths
+        model_config = registry.make_model_config(
+            config.model,
+            image_size=data.image_size,
+            channels=data.channels,
+            num_classes=num_classes if cond.kind == "class" else None,
+            context_dim=encoder.hidden_size if encoder else None,
+            pooled_dim=encoder.pooled_size if encoder else None,
         )
     build = registry.build_model(model_config)
     optimizer_config = OptimizerConfig(**config.optimizer)
-    optimizer_config.validate()
     sampler = SamplerConfig(**config.sampler)
-    if diffusion_cfg.process == "flow":
-        flow.validate_flow_sampler(sampler.name, sampler.num_steps, diffusion_cfg.flow_shift)
-    else:
-        sampler.validate(schedule.num_timesteps)
-    if cond.kind == "class":
-        conditioning.parse_class_labels(sampler.class_labels, num_classes)
     # All checks passed: now the encoder's one pass over the captions and the prompts.
     bank = conditioning.caption_bank(encoder, caption_table) if encoder else None
     return Experiment(
@@ -181,6 +121,7 @@ def build_experiment(
         sampler=sampler,
         mesh=mesh,
         sharding_rules=sharding_rules,
+        sequence_parallel=mesh_config.sequence_parallel,
         conditioning=cond,
         num_classes=num_classes,
         text_encoder=encoder,
@@ -204,5 +145,11 @@ def load_text_encoder(encoder_cfg: ml_collections.ConfigDict) -> Any:
     """The frozen encoder named by `config.text_encoder` ("" path: the shipped MiniLM copy)."""
     from models import text_encoders  # noqa: PLC0415 (tokenizers etc. only when text is used)
 
-    path = encoder_cfg.path or text_encoders.default_path(encoder_cfg.name)
-    return text_encoders.load_text_encoder(encoder_cfg.name, path, encoder_cfg.max_length)
+    try:
+        path = encoder_cfg.path or text_encoders.default_path(encoder_cfg.name)
+        return text_encoders.load_text_encoder(encoder_cfg.name, path, encoder_cfg.max_length)
+    except (ValueError, OSError) as err:  # a checkpoint that does not match the config
+        message = str(err)
+        if "text_encoder." not in message:
+            message = f"text_encoder.path={encoder_cfg.path!r}: {message}"
+        raise ConfigError(message) from err

@@ -15,11 +15,12 @@ from clu import metric_writers, periodic_actions
 import sharding
 from input_pipeline import pipeline
 from models.functional import init_params
-from training import checkpointing, conditioning, images
+from training import checkpointing, conditioning, images, nonfinite, preemption
 from training.experiment import Experiment, build_experiment
 from training.sampling import make_sample_fn
 from training.train_state import TrainState, create_train_state
 from training.train_step import jit_train_step
+from training.validation import validate_workdir
 
 
 def state_shardings(experiment: Experiment, abstract_state: TrainState) -> TrainState:
@@ -85,6 +86,7 @@ def make_train_step(experiment: Experiment, shardings: TrainState):
         optimizer=experiment.optimizer,
         learning_rate_fn=experiment.learning_rate_fn,
         config=experiment.step_config,
+        sequence_parallel=experiment.sequence_parallel,
     )
 
 
@@ -119,8 +121,27 @@ def flatten_config(config: ml_collections.ConfigDict) -> dict[str, object]:
     return flat
 
 
+def summarize(
+    pending: list[tuple[int, dict[str, jax.Array]]], guard: nonfinite.NonFiniteGuard
+) -> dict[str, float]:
+    """Fetches the pending metrics; their means over the finite steps, and `skipped_steps`."""
+    fetched = jax.device_get([metrics for _, metrics in pending])
+    flags = [float(metrics["nonfinite"]) for metrics in fetched]
+    skipped = guard.check([step for step, _ in pending], flags)
+    finite = [m for m, flag in zip(fetched, flags, strict=True) if not flag] or fetched
+    summary = {k: float(np.mean([m[k] for m in finite])) for k in finite[0] if k != "nonfinite"}
+    summary["skipped_steps"] = float(skipped)
+    return summary
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
-    """Trains (or resumes) the run described by `config`, writing everything under `workdir`."""
+    """Trains (or resumes) the run described by `config`, writing everything under `workdir`.
+
+    On SIGTERM (preemption) it checkpoints the step it is at and returns normally. Steps with a
+    non-finite loss are skipped by the step itself; `training.nonfinite_policy` decides whether
+    the run goes on or raises nonfinite.NonFiniteLossError before its next checkpoint.
+    """
+    validate_workdir(workdir)  # created if missing; ConfigError naming --workdir if unwritable
     experiment = build_experiment(config)  # all validation happens here, before any compile
     mesh = experiment.mesh
     logging.info("Mesh %s over %d devices", dict(mesh.shape), mesh.devices.size)
@@ -146,6 +167,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         process=experiment.step_config.process,
         flow_shift=experiment.flow_shift,
         conditions=experiment.sample_conditions,
+        sequence_parallel=experiment.sequence_parallel,
     )
     batches = pipeline.create_train_iterator(
         experiment.data,
@@ -157,40 +179,48 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     )
     # Progress/ETA log lines; the scalar steps/s below excludes sampling and checkpoint time.
     report = periodic_actions.ReportProgress(num_train_steps=config.num_train_steps, every_secs=60)
-    pending: list[dict[str, jax.Array]] = []
+    guard = nonfinite.NonFiniteGuard(config.training.nonfinite_policy, manager)
+    pending: list[tuple[int, dict[str, jax.Array]]] = []  # (step, metrics) not yet fetched
     interval_start, interval_steps = time.perf_counter(), 0
-    for step in range(start_step + 1, config.num_train_steps + 1):
-        with jax.profiler.StepTraceAnnotation("train", step_num=step):
-            host_batch = next(batches)
-            if experiment.text_encoder is not None:  # free-text datasets: embed on the host
-                host_batch = conditioning.encode_batch_text(experiment.text_encoder, host_batch)
-            batch = sharding.host_batch_to_global(host_batch, mesh)
-            state, metrics = train_step(state, batch, experiment.caption_bank)
-        pending.append(metrics)
-        interval_steps += 1
-        report(step)
-        is_last = step == config.num_train_steps
-        if step % config.log_every_steps == 0 or is_last:
-            summary = {
-                k: float(np.mean([m[k] for m in jax.device_get(pending)])) for k in pending[0]
-            }
-            elapsed = time.perf_counter() - interval_start
-            summary["steps_per_sec"] = interval_steps / elapsed
-            summary["examples_per_sec"] = interval_steps * config.batch_size / elapsed
-            writer.write_scalars(step, summary)
-            pending, interval_start, interval_steps = [], time.perf_counter(), 0
-        if step % config.checkpoint_every_steps == 0 or is_last:
-            paused = time.perf_counter()
-            with report.timed("checkpoint"):
-                checkpointing.save(manager, state, force=is_last)
-            interval_start += time.perf_counter() - paused
-        if config.sample_every_steps and (step % config.sample_every_steps == 0 or is_last):
-            paused = time.perf_counter()
-            with report.timed("sample"):
-                write_sample_grid(
-                    writer, sample_fn, state, step, workdir, config.seed, grid_rows(experiment)
+    with preemption.PreemptionWatcher() as watcher:
+        for step in range(start_step + 1, config.num_train_steps + 1):
+            with jax.profiler.StepTraceAnnotation("train", step_num=step):
+                host_batch = next(batches)
+                if experiment.text_encoder is not None:  # free-text datasets: embed on the host
+                    host_batch = conditioning.encode_batch_text(experiment.text_encoder, host_batch)
+                batch = sharding.host_batch_to_global(host_batch, mesh)
+                state, metrics = train_step(state, batch, experiment.caption_bank)
+            pending.append((step, metrics))
+            interval_steps += 1
+            report(step)
+            preempted = watcher.should_stop(step)  # a host-side flag: no device sync
+            is_last = step == config.num_train_steps
+            if step % config.log_every_steps == 0 or is_last or preempted:
+                summary = summarize(pending, guard)  # 'stop' raises here on a non-finite step
+                elapsed = time.perf_counter() - interval_start
+                summary["steps_per_sec"] = interval_steps / elapsed
+                summary["examples_per_sec"] = interval_steps * config.batch_size / elapsed
+                writer.write_scalars(step, summary)
+                pending, interval_start, interval_steps = [], time.perf_counter(), 0
+            if step % config.checkpoint_every_steps == 0 or is_last or preempted:
+                guard.check_before_save(pending)  # never checkpoint after a bad step ('stop')
+                paused = time.perf_counter()
+                with report.timed("checkpoint"):
+                    checkpointing.save(manager, state, force=is_last or preempted)
+                interval_start += time.perf_counter() - paused
+            if preempted:
+                manager.wait_until_finished()
+                logging.warning(
+                    "Preempted: saved checkpoint at step %d in %s", step, manager.directory
                 )
-            interval_start += time.perf_counter() - paused
+                break
+            if config.sample_every_steps and (step % config.sample_every_steps == 0 or is_last):
+                paused = time.perf_counter()
+                with report.timed("sample"):
+                    write_sample_grid(
+                        writer, sample_fn, state, step, workdir, config.seed, grid_rows(experiment)
+                    )
+                interval_start += time.perf_counter() - paused
     manager.wait_until_finished()
     writer.flush()
     return state

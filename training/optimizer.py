@@ -6,6 +6,8 @@ import dataclasses
 
 import optax
 
+from errors import ConfigError
+
 OPTIMIZERS = ("adam", "adamw")
 
 
@@ -24,19 +26,21 @@ class OptimizerConfig:
     ema_decay: float = 0.9999
 
     def validate(self) -> None:
-        """Raises ValueError naming the bad field before anything is compiled."""
+        """Raises ConfigError naming the bad field before anything is compiled."""
         if self.name not in OPTIMIZERS:
-            raise ValueError(
+            raise ConfigError(
                 f"optimizer.name={self.name!r} is unknown; choose one of {list(OPTIMIZERS)}."
             )
         if not self.learning_rate > 0:
-            raise ValueError(f"optimizer.learning_rate={self.learning_rate} must be > 0.")
+            raise ConfigError(f"optimizer.learning_rate={self.learning_rate} must be > 0.")
         if self.warmup_steps < 0:
-            raise ValueError(f"optimizer.warmup_steps={self.warmup_steps} must be >= 0.")
-        if not 0.0 <= self.ema_decay < 1.0:
-            raise ValueError(f"optimizer.ema_decay={self.ema_decay} must be in [0, 1).")
-        if self.grad_clip_norm < 0:
-            raise ValueError(f"optimizer.grad_clip_norm={self.grad_clip_norm} must be >= 0.")
+            raise ConfigError(f"optimizer.warmup_steps={self.warmup_steps} must be >= 0.")
+        for name in ("b1", "b2", "ema_decay"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"optimizer.{name}={getattr(self, name)} must be in [0, 1).")
+        for name in ("eps", "weight_decay", "grad_clip_norm"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"optimizer.{name}={getattr(self, name)} must be >= 0.")
 
 
 def learning_rate_schedule(config: OptimizerConfig) -> optax.Schedule:

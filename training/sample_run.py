@@ -40,6 +40,7 @@ def restore_sampler(config: ml_collections.ConfigDict, workdir: str):
         process=experiment.step_config.process,
         flow_shift=experiment.flow_shift,
         conditions=experiment.sample_conditions,
+        sequence_parallel=experiment.sequence_parallel,
     )
     return experiment, state, sample_fn
 

@@ -14,6 +14,7 @@ from jax.sharding import Mesh
 import sharding
 from diffusion import flow, grids, guidance, samplers
 from diffusion.schedules import NoiseSchedule
+from errors import ConfigError
 from models.functional import FunctionalModel, Params
 from training.conditioning import SampleConditions
 
@@ -36,23 +37,33 @@ class SamplerConfig:
     negative_prompt: str = ""  # replaces the unconditional branch; "" = the null condition
     class_labels: str = ""  # class-conditional models: "3,5"; "" = every class
 
-    def validate(self, num_timesteps: int) -> None:
-        """Raises ValueError naming the `sampler.*` field before anything is compiled."""
-        samplers.validate_sampler(self.name, self.num_steps, num_timesteps, self.spacing)
-        guidance.validate_thresholding(self.thresholding, self.dynamic_percentile)
+    def validate(self, num_timesteps: int, process: str = "ddpm", flow_shift: float = 1.0) -> None:
+        """Raises ConfigError naming the `sampler.*` field before anything is compiled.
+
+        A flow model (`process="flow"`) is integrated on its own time grid: only the name, the
+        step count and the shift apply, not the DDPM grid's spacing, eta or thresholding.
+        """
+        if process == "flow":
+            try:
+                flow.validate_flow_sampler(self.name, self.num_steps, flow_shift)
+            except ValueError as err:
+                raise ConfigError(f"{err} (diffusion.process='flow')") from err
+        else:
+            samplers.validate_sampler(self.name, self.num_steps, num_timesteps, self.spacing)
+            guidance.validate_thresholding(self.thresholding, self.dynamic_percentile)
+            if not 0.0 <= self.eta <= 1.0:
+                raise ConfigError(f"sampler.eta={self.eta!r} must be in [0, 1].")
+            if self.max_steps and not self.num_steps <= self.max_steps <= num_timesteps:
+                raise ConfigError(
+                    f"sampler.max_steps={self.max_steps!r} must be 0 (no padding) or in "
+                    f"[sampler.num_steps={self.num_steps}, {num_timesteps}]."
+                )
         if not 0.0 <= self.guidance_rescale <= 1.0:
-            raise ValueError(
+            raise ConfigError(
                 f"sampler.guidance_rescale={self.guidance_rescale!r} must be in [0, 1]."
             )
-        if not 0.0 <= self.eta <= 1.0:
-            raise ValueError(f"sampler.eta={self.eta!r} must be in [0, 1].")
-        if self.max_steps and not self.num_steps <= self.max_steps <= num_timesteps:
-            raise ValueError(
-                f"sampler.max_steps={self.max_steps!r} must be 0 (no padding) or in "
-                f"[sampler.num_steps={self.num_steps}, {num_timesteps}]."
-            )
         if self.num_samples < 1:
-            raise ValueError(f"sampler.num_samples={self.num_samples!r} must be >= 1.")
+            raise ConfigError(f"sampler.num_samples={self.num_samples!r} must be >= 1.")
 
 
 def make_sample_fn(
@@ -67,6 +78,7 @@ def make_sample_fn(
     process: str = "ddpm",
     flow_shift: float = 1.0,
     conditions: SampleConditions | None = None,
+    sequence_parallel: bool = False,
 ) -> Callable[..., np.ndarray]:
     """Returns `sample_fn(params, key, num_steps=None, guidance_scale=None) -> numpy images`.
 
@@ -91,7 +103,8 @@ def make_sample_fn(
         x_T = jax.lax.with_sharding_constraint(x_T, batch_sharding)
 
         def model_fn(x_t, t, kwargs=None):
-            return model.apply(params, x_t, t, **(kwargs or {}))
+            with sharding.activation_constraints(mesh, sequence_parallel):
+                return model.apply(params, x_t, t, **(kwargs or {}))
 
         guided = samplers.conditioned_model(
             model_fn,

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+import sharding
 from diffusion import flow, losses
 from diffusion.schedules import NoiseSchedule
 from models.functional import FunctionalModel
@@ -123,7 +124,8 @@ def train_step(
     Noise levels, noise and condition dropout are drawn for the whole batch from the step key,
     so accumulating over micro-batches (`batch_sharding`: how the batch is split over devices)
     sees the same draws as one full-batch pass. Only the network runs in `model.dtype`: images,
-    schedule, loss, gradients, optimizer state and EMA stay float32.
+    schedule, loss, gradients, optimizer state and EMA stay float32. A non-finite loss or
+    gradient norm skips the update (only `step` moves on) and sets `metrics["nonfinite"]` to 1.
     """
     key = step_key(state)
     loss_key, dropout_key = jax.random.split(key)
@@ -152,33 +154,54 @@ def train_step(
     )
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
+    grad_norm = optax.tree.norm(grads)
+    finite = jnp.isfinite(aux["loss"]) & jnp.isfinite(grad_norm)
+    # A NaN / inf loss or gradient leaves params, EMA and optimizer state as they were; the step
+    # still counts, so the data position and the RNG move on (the host applies the policy).
+    params, ema_params, opt_state = keep_if(
+        finite,
+        (params, ema_update(state.ema_params, params, config.ema_decay), opt_state),
+        (state.params, state.ema_params, state.opt_state),
+    )
     new_state = state.replace(
-        step=state.step + 1,
-        params=params,
-        ema_params=ema_update(state.ema_params, params, config.ema_decay),
-        opt_state=opt_state,
+        step=state.step + 1, params=params, ema_params=ema_params, opt_state=opt_state
     )
     metrics = {
         **aux,
-        "grad_norm": optax.tree.norm(grads),
+        "grad_norm": grad_norm,
         "param_norm": optax.tree.norm(params),
         "learning_rate": jnp.asarray(learning_rate_fn(state.step), jnp.float32),
+        "nonfinite": 1.0 - finite.astype(jnp.float32),  # 1.0: this step's update was skipped
     }
     return new_state, metrics
+
+
+def keep_if(keep: jax.Array, new, old):
+    """`new` where the scalar `keep` is true, else `old`, leaf by leaf (same structure)."""
+    return jax.tree.map(lambda n, o: jnp.where(keep, n, o), new, old)
 
 
 def jit_train_step(
     state_sharding,
     batch_sharding,
     metrics_sharding,
+    *,
+    sequence_parallel: bool = False,
     **static,
 ):
     """Compiles `train_step` once with explicit in/out shardings and the state buffers donated.
 
     The step is called as `step(state, batch, bank)`; the text bank (or None) is replicated.
+    Activations follow `sharding.activation_rules(sequence_parallel)` on the batch's mesh.
     """
-    step = functools.partial(train_step, batch_sharding=batch_sharding, **static)
-    replicated = jax.sharding.NamedSharding(batch_sharding.mesh, jax.sharding.PartitionSpec())
+    mesh = batch_sharding.mesh
+
+    def step(state, batch, bank):
+        # Entered while jit traces: the models' activation marks become sharding constraints.
+        with sharding.activation_constraints(mesh, sequence_parallel):
+            return train_step(state, batch, bank, batch_sharding=batch_sharding, **static)
+
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     return jax.jit(
         step,
         in_shardings=(state_sharding, batch_sharding, replicated),

@@ -1,6 +1,13 @@
+import hashlib
+import pathlib
+
+import jax
+import jax.numpy as jnp
 import pytest
 
 from configs import digits_ddpm
+from input_pipeline import pipeline
+from training import loop
 
 
 @pytest.fixture
@@ -23,3 +30,61 @@ def tiny_config():
     config.sampler.num_steps = 5
     config.sampler.num_samples = 16
     return config
+
+
+def _counting_train_step(experiment, shardings):
+    """Stands in for the real step in loop tests (a compile of milliseconds, not ten seconds):
+    moves the step on and reports `nonfinite` = 1 for a batch with a NaN, as the real one does."""
+    del experiment, shardings
+
+    @jax.jit
+    def step(state, batch, bank):
+        del bank
+        nonfinite = (~jnp.all(jnp.isfinite(batch["image"]))).astype(jnp.float32)
+        loss = jnp.where(nonfinite > 0, jnp.nan, jnp.mean(jnp.square(batch["image"])))
+        return state.replace(step=state.step + 1), {"loss": loss, "nonfinite": nonfinite}
+
+    return step
+
+
+@pytest.fixture
+def fast_loop_config(tiny_config, monkeypatch):
+    """tiny_config for loop tests: a one-level U-Net, no sample grids, the counting step."""
+    tiny_config.model.update(
+        base_channels=8, num_groups=4, channel_mult=(1,), attention_resolutions=()
+    )
+    tiny_config.sample_every_steps = 0
+    monkeypatch.setattr(loop, "make_train_step", _counting_train_step)
+    previous = jax.config.read("jax_disable_most_optimizations")
+    jax.config.update("jax_disable_most_optimizations", True)  # the state init compiles faster
+    yield tiny_config
+    jax.config.update("jax_disable_most_optimizations", previous)
+
+
+@pytest.fixture
+def batch_hooks(monkeypatch):
+    """{step: fn(batch) -> batch}: changes (or acts on) the batch the loop draws for that step."""
+    hooks = {}
+    create = pipeline.create_train_iterator
+
+    def hooked(*args, start_step: int = 0, **kwargs):
+        batches = create(*args, start_step=start_step, **kwargs)
+        for step, batch in enumerate(batches, start=start_step + 1):
+            yield hooks[step](batch) if step in hooks else batch
+
+    monkeypatch.setattr(pipeline, "create_train_iterator", hooked)
+    return hooks
+
+
+def _snapshot(root) -> dict[str, str]:
+    """Every directory and file under `root`, files with the SHA-256 of their bytes."""
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else ""
+        for p in sorted(pathlib.Path(root).rglob("*"))
+    }
+
+
+@pytest.fixture
+def snapshot():
+    """snapshot(dir): its listing and file hashes, to assert a directory was left untouched."""
+    return _snapshot

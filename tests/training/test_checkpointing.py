@@ -1,9 +1,16 @@
+import logging
+import os
+import pathlib
+import shutil
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 from jax.sharding import PartitionSpec as P
 
+import errors
 import sharding
 from training import checkpointing
 from training.train_state import TrainState, create_train_state
@@ -56,3 +63,96 @@ def test_keeps_only_the_newest_k(tmp_path):
         checkpointing.save(manager, state.replace(step=jnp.array(step, jnp.int32)), force=True)
     manager.wait_until_finished()
     assert list(manager.all_steps()) == [2, 3]
+
+
+def _truncate_data_files(step_dir: pathlib.Path) -> None:
+    """What a save cut off mid-write or a damaged disk leaves: empty array chunk files."""
+    data_files = [p for p in step_dir.rglob("*") if p.is_file() and p.parent.name == "d"]
+    assert data_files
+    for path in data_files:
+        path.write_bytes(b"")
+
+
+def _saved_steps(tmp_path, steps) -> tuple[TrainState, TrainState]:
+    """Saves the test state at each of `steps`; returns its abstract form (for restoring)."""
+    mesh = sharding.make_mesh(sharding.MeshConfig())
+    state, shardings = _state_and_shardings(mesh)
+    manager = checkpointing.make_manager(str(tmp_path), max_to_keep=5)
+    for step in steps:
+        checkpointing.save(manager, state.replace(step=jnp.array(step, jnp.int32)), force=True)
+    manager.wait_until_finished()
+    return checkpointing.abstract_like(jax.eval_shape(lambda: state), shardings), state
+
+
+# After a failed read, TensorStore callbacks may reach Orbax's closed event loop ("Event loop
+# is closed", printed and ignored); the restore itself has already failed cleanly.
+reader_noise = pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+
+
+@reader_noise
+def test_corrupt_newest_checkpoint_falls_back_to_the_previous_one_and_is_kept(
+    tmp_path, caplog, snapshot
+):
+    abstract, state = _saved_steps(tmp_path, (2, 4))
+    corrupt = tmp_path / "checkpoints" / "4"
+    _truncate_data_files(corrupt)
+    before = snapshot(corrupt)
+    caplog.set_level(logging.INFO)
+    manager = checkpointing.make_manager(str(tmp_path), max_to_keep=5)
+    restored = checkpointing.restore_latest(manager, abstract)
+    assert int(restored.step) == 2
+    np.testing.assert_array_equal(restored.params["bias"], state.params["bias"])
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("step 4" in w and "failed to restore" in w for w in warnings), warnings
+    assert f"Restoring checkpoint at step 2 from {manager.directory}" in caplog.text
+    assert snapshot(corrupt) == before  # neither deleted nor rewritten
+    # Training on from step 2 reaches step 4 again: that save leaves the kept one alone.
+    assert not checkpointing.save(manager, state.replace(step=jnp.array(4, jnp.int32)))
+    manager.wait_until_finished()
+    assert snapshot(corrupt) == before
+
+
+@reader_noise
+def test_no_restorable_checkpoint_raises_naming_every_step_tried(tmp_path):
+    abstract, _ = _saved_steps(tmp_path, (2, 4))
+    for step in ("2", "4"):
+        _truncate_data_files(tmp_path / "checkpoints" / step)
+    manager = checkpointing.make_manager(str(tmp_path), max_to_keep=5)
+    with pytest.raises(checkpointing.CheckpointRestoreError, match=r"step 4 .*step 2 "):
+        checkpointing.restore_latest(manager, abstract)
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2", "4"]
+
+
+@reader_noise
+@pytest.mark.parametrize("partial", ["tmp_dir", "final_dir_without_commit"])
+def test_unfinished_save_is_not_restored(tmp_path, partial):
+    """Orbax writes `<step>.orbax-checkpoint-tmp` and renames it once complete (local disks;
+    object stores mark completion with commit_success.txt). A tmp directory is not a step at
+    all; a step directory whose files were cut short fails to read and is skipped."""
+    abstract, _ = _saved_steps(tmp_path, (2,))
+    checkpoints = tmp_path / "checkpoints"
+    name = "4.orbax-checkpoint-tmp" if partial == "tmp_dir" else "4"
+    shutil.copytree(checkpoints / "2", checkpoints / name)
+    for marker in (checkpoints / name).rglob("commit_success.txt"):
+        marker.unlink()
+    _truncate_data_files(checkpoints / name)
+    manager = checkpointing.make_manager(str(tmp_path), max_to_keep=5)
+    assert list(manager.all_steps()) == ([2] if partial == "tmp_dir" else [2, 4])
+    assert int(checkpointing.restore_latest(manager, abstract).step) == 2
+    assert (checkpoints / name).is_dir()
+
+
+def test_shape_mismatch_raises_before_restoring_and_leaves_the_checkpoint(tmp_path, snapshot):
+    _, state = _saved_steps(tmp_path, (2,))
+    before = snapshot(tmp_path / "checkpoints")
+    # The config now asks for a wider layer: kernel [4, 16], bias [16].
+    wider = {"dense": {"kernel": jnp.zeros((4, 16))}, "bias": jnp.zeros(16)}
+    abstract = jax.eval_shape(lambda: create_train_state(wider, optax.adam(1e-3), seed=3))
+    manager = checkpointing.make_manager(str(tmp_path), max_to_keep=5)
+    with pytest.raises(errors.ConfigError) as raised:
+        checkpointing.restore_latest(manager, abstract)
+    message = str(raised.value)
+    assert "params.dense.kernel: checkpoint (4, 8) float32 vs config (4, 16) float32" in message
+    assert "left untouched" in message and "fresh --workdir" in message
+    assert "step 2" in message
+    assert snapshot(tmp_path / "checkpoints") == before

@@ -1,7 +1,8 @@
 import jax
 import pytest
 
-from configs import cifar_ddpm, cifar_dit, digits_ddpm, digits_dit
+from configs import cifar_ddpm, cifar_dit, digits_ddpm, digits_dit, digits_text_unet
+from errors import ConfigError
 from training import experiment as experiment_lib
 
 
@@ -10,7 +11,7 @@ def _expect_error_before_compiling(config, match, monkeypatch):
         raise AssertionError("jax.jit was called before the config was validated")
 
     monkeypatch.setattr(jax, "jit", no_compiling)
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(ConfigError, match=match):
         experiment_lib.build_experiment(config)
 
 
@@ -96,3 +97,22 @@ def test_class_conditional_dit_gets_the_class_count_and_null_row(monkeypatch):
     experiment = experiment_lib.build_experiment(digits_dit.get_config())
     assert experiment.step_config.null_id == 10 and experiment.step_config.cond_dropout == 0.1
     assert experiment.model.abstract_params["class_embed"]["embedding"].shape[0] == 11
+
+
+def test_wrong_types_and_missing_weights_are_config_errors(monkeypatch):
+    config = digits_ddpm.get_config()
+    config.model.num_groups = None  # ConfigDict lets None through; the U-Net would divide by it
+    _expect_error_before_compiling(config, r"model\.num_groups=None .*expected int", monkeypatch)
+    config = digits_text_unet.get_config()
+    config.text_encoder.path = "/nonexistent/minilm"
+    _expect_error_before_compiling(
+        config, r"text_encoder\.path='/nonexistent/minilm'.*does not exist", monkeypatch
+    )
+
+
+def test_a_checkpoint_that_does_not_fit_the_config_is_a_config_error():
+    """Only loading the encoder shows its position limit; that still names the field."""
+    config = digits_text_unet.get_config()
+    config.text_encoder.max_length = 10_000
+    with pytest.raises(ConfigError, match=r"text_encoder\.max_length=10000 exceeds the 512"):
+        experiment_lib.build_experiment(config)

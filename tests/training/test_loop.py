@@ -6,6 +6,7 @@ import tensorflow as tf
 from PIL import Image
 from tensorboard.backend.event_processing import event_accumulator
 
+import errors
 from training import loop
 
 
@@ -106,3 +107,22 @@ def test_free_text_tfds_run_embeds_each_batch_and_trains(tiny_config, tmp_path):
     assert all(np.isfinite(v) for _, v in _scalars(workdir)["loss"])
     grid = np.asarray(Image.open(os.path.join(workdir, "samples", "step_00000002.png")))
     assert grid.ndim == 3 and grid.shape[-1] == 3
+
+
+def test_checkpoint_of_another_model_size_stops_the_run_before_training(
+    fast_loop_config, snapshot, tmp_path
+):
+    config = fast_loop_config
+    config.num_train_steps = 2
+    workdir = str(tmp_path / "run")
+    loop.train_and_evaluate(config, workdir)
+    checkpoints = os.path.join(workdir, "checkpoints")
+    before = snapshot(checkpoints)
+    config.model.base_channels = 16  # same workdir, wider network
+    config.num_train_steps = 4
+    expected = (
+        r"params\.conv_in\.kernel: checkpoint \(3, 3, 1, 8\) float32 vs config \(3, 3, 1, 16\)"
+    )
+    with pytest.raises(errors.ConfigError, match=expected):
+        loop.train_and_evaluate(config, workdir)
+    assert snapshot(checkpoints) == before

@@ -64,3 +64,31 @@ def test_fsdp8_keeps_an_eighth_of_params_and_optimizer_state_per_device(module):
         if shard.device == device
     )
     assert on_device <= total / 8 * 1.05, (on_device, total)
+
+
+def test_sequence_parallel_splits_the_saved_residual_stream_by_tokens_and_keeps_the_loss():
+    config = digits_dit.get_config()
+    config.model.depth, config.model.hidden_size, config.model.num_heads = 2, 64, 4
+    config.model.patch_size, config.model.use_scan, config.model.remat = 2, True, True
+    config.batch_size = 16
+    config.mesh.data, config.mesh.fsdp, config.mesh.tensor = 8, 1, 1
+    _, data_loss = _steps(config, num_steps=1)
+    config.mesh.data, config.mesh.tensor, config.mesh.sequence_parallel = 2, 4, True
+    _, sequence_loss = _steps(config, num_steps=1)
+    np.testing.assert_allclose(sequence_loss, data_loss, rtol=1e-5)
+
+    # With remat each scanned block keeps only its input for the backward pass: under sequence
+    # parallelism that stack is [depth, batch / data, tokens / tensor, hidden] on each device.
+    experiment = build_experiment(config)
+    state, shardings = loop.abstract_state(experiment)
+    step = loop.make_train_step(experiment, shardings)
+    batch_sharding = sharding.batch_sharding(experiment.mesh)
+    batch = {
+        "image": jax.ShapeDtypeStruct((16, 8, 8, 1), np.float32, sharding=batch_sharding),
+        "label": jax.ShapeDtypeStruct((16,), np.int32, sharding=batch_sharding),
+        "caption_id": jax.ShapeDtypeStruct((16,), np.int32, sharding=batch_sharding),
+    }
+    hlo = step.lower(state, batch, None).compile().as_text()
+    tokens = (8 // 2) ** 2
+    assert f"f32[2,8,{tokens // 4},64]" in hlo
+    assert f"f32[2,8,{tokens},64]" not in hlo

@@ -72,3 +72,41 @@ def test_sharded_step_on_8_devices_equals_one_device(tiny_config):
         # Adam divides by sqrt(v): near-zero gradients amplify reduction-order noise, so compare
         # at 1% of one step's size (lr = 1e-3) rather than bitwise.
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
+
+
+def test_nonfinite_batch_skips_the_update_but_advances_the_step(tiny_config):
+    tiny_config.model.update(
+        base_channels=8, num_groups=4, channel_mult=(1,), attention_resolutions=()
+    )
+    previous = jax.config.read("jax_disable_most_optimizations")
+    jax.config.update("jax_disable_most_optimizations", True)  # nothing numeric compared closely
+    try:
+        experiment = build_experiment(tiny_config)
+        state, shardings = loop.create_state(experiment, seed=0)
+        step = loop.make_train_step(experiment, shardings)
+        host = _digits_batch(tiny_config.batch_size)
+        before = jax.device_get(state)  # host copies: the step donates the state's buffers
+        state, metrics = step(
+            state, sharding.host_batch_to_global(host, experiment.mesh), experiment.caption_bank
+        )
+        finite = jax.device_get(state)
+        assert float(metrics["nonfinite"]) == 0.0 and int(finite.step) == 1
+        changed = jax.tree.map(lambda a, b: not np.array_equal(a, b), finite.params, before.params)
+        assert any(jax.tree.leaves(changed))  # (only conv_out at first: it starts at zero)
+
+        host["image"][3, 2, 2, 0] = np.nan  # one NaN pixel poisons the loss and every gradient
+        state, metrics = step(
+            state, sharding.host_batch_to_global(host, experiment.mesh), experiment.caption_bank
+        )
+    finally:
+        jax.config.update("jax_disable_most_optimizations", previous)
+    skipped = jax.device_get(state)
+    assert float(metrics["nonfinite"]) == 1.0 and not np.isfinite(float(metrics["loss"]))
+    assert int(skipped.step) == 2  # the data position and the step's RNG still move on
+    for field in ("params", "ema_params", "opt_state", "rng"):
+        for a, b in zip(
+            jax.tree.leaves(getattr(skipped, field)),
+            jax.tree.leaves(getattr(finite, field)),
+            strict=True,
+        ):
+            np.testing.assert_array_equal(a, b, err_msg=field)

@@ -1,0 +1,9 @@
+"""The project's own exception for a bad run configuration."""
+
+
+class ConfigError(ValueError):
+    """A bad config field; the message names the field, the value and what is allowed.
+
+    Raised before anything is compiled or initialised (`training.validation.validate_config`,
+    `validate_workdir`). A ValueError, so callers that catch ValueError keep working.
+    """

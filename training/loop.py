@@ -141,6 +141,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     non-finite loss are skipped by the step itself; `training.nonfinite_policy` decides whether
     the run goes on or raises nonfinite.NonFiniteLossError before its next checkpoint.
     """
+    # Entered first, so a SIGTERM during start-up or the final save is also handled.
+    with preemption.PreemptionWatcher() as watcher:
+        return _train(config, workdir, watcher)
+
+
+def _train(
+    config: ml_collections.ConfigDict, workdir: str, watcher: preemption.PreemptionWatcher
+) -> TrainState:
+    """train_and_evaluate's body: build, restore, then the step loop until the end or SIGTERM."""
     validate_workdir(workdir)  # created if missing; ConfigError naming --workdir if unwritable
     experiment = build_experiment(config)  # all validation happens here, before any compile
     mesh = experiment.mesh
@@ -182,45 +191,42 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     guard = nonfinite.NonFiniteGuard(config.training.nonfinite_policy, manager)
     pending: list[tuple[int, dict[str, jax.Array]]] = []  # (step, metrics) not yet fetched
     interval_start, interval_steps = time.perf_counter(), 0
-    with preemption.PreemptionWatcher() as watcher:
-        for step in range(start_step + 1, config.num_train_steps + 1):
-            with jax.profiler.StepTraceAnnotation("train", step_num=step):
-                host_batch = next(batches)
-                if experiment.text_encoder is not None:  # free-text datasets: embed on the host
-                    host_batch = conditioning.encode_batch_text(experiment.text_encoder, host_batch)
-                batch = sharding.host_batch_to_global(host_batch, mesh)
-                state, metrics = train_step(state, batch, experiment.caption_bank)
-            pending.append((step, metrics))
-            interval_steps += 1
-            report(step)
-            preempted = watcher.should_stop(step)  # a host-side flag: no device sync
-            is_last = step == config.num_train_steps
-            if step % config.log_every_steps == 0 or is_last or preempted:
-                summary = summarize(pending, guard)  # 'stop' raises here on a non-finite step
-                elapsed = time.perf_counter() - interval_start
-                summary["steps_per_sec"] = interval_steps / elapsed
-                summary["examples_per_sec"] = interval_steps * config.batch_size / elapsed
-                writer.write_scalars(step, summary)
-                pending, interval_start, interval_steps = [], time.perf_counter(), 0
-            if step % config.checkpoint_every_steps == 0 or is_last or preempted:
-                guard.check_before_save(pending)  # never checkpoint after a bad step ('stop')
-                paused = time.perf_counter()
-                with report.timed("checkpoint"):
-                    checkpointing.save(manager, state, force=is_last or preempted)
-                interval_start += time.perf_counter() - paused
-            if preempted:
-                manager.wait_until_finished()
-                logging.warning(
-                    "Preempted: saved checkpoint at step %d in %s", step, manager.directory
+    for step in range(start_step + 1, config.num_train_steps + 1):
+        with jax.profiler.StepTraceAnnotation("train", step_num=step):
+            host_batch = next(batches)
+            if experiment.text_encoder is not None:  # free-text datasets: embed on the host
+                host_batch = conditioning.encode_batch_text(experiment.text_encoder, host_batch)
+            batch = sharding.host_batch_to_global(host_batch, mesh)
+            state, metrics = train_step(state, batch, experiment.caption_bank)
+        pending.append((step, metrics))
+        interval_steps += 1
+        report(step)
+        preempted = watcher.should_stop(step)  # a host-side flag: no device sync
+        is_last = step == config.num_train_steps
+        if step % config.log_every_steps == 0 or is_last or preempted:
+            summary = summarize(pending, guard)  # 'stop' raises here on a non-finite step
+            elapsed = time.perf_counter() - interval_start
+            summary["steps_per_sec"] = interval_steps / elapsed
+            summary["examples_per_sec"] = interval_steps * config.batch_size / elapsed
+            writer.write_scalars(step, summary)
+            pending, interval_start, interval_steps = [], time.perf_counter(), 0
+        if step % config.checkpoint_every_steps == 0 or is_last or preempted:
+            guard.check_before_save(pending)  # never checkpoint after a bad step ('stop')
+            paused = time.perf_counter()
+            with report.timed("checkpoint"):
+                checkpointing.save(manager, state, force=is_last or preempted)
+            interval_start += time.perf_counter() - paused
+        if preempted:
+            manager.wait_until_finished()
+            logging.warning("Preempted: saved checkpoint at step %d in %s", step, manager.directory)
+            break
+        if config.sample_every_steps and (step % config.sample_every_steps == 0 or is_last):
+            paused = time.perf_counter()
+            with report.timed("sample"):
+                write_sample_grid(
+                    writer, sample_fn, state, step, workdir, config.seed, grid_rows(experiment)
                 )
-                break
-            if config.sample_every_steps and (step % config.sample_every_steps == 0 or is_last):
-                paused = time.perf_counter()
-                with report.timed("sample"):
-                    write_sample_grid(
-                        writer, sample_fn, state, step, workdir, config.seed, grid_rows(experiment)
-                    )
-                interval_start += time.perf_counter() - paused
-    manager.wait_until_finished()
+            interval_start += time.perf_counter() - paused
+    manager.wait_until_finished()  # async saves, the final one included
     writer.flush()
     return state

@@ -1,5 +1,6 @@
 """SIGTERM during training: checkpoint the current step, return normally, resume from there."""
 
+import inspect
 import logging
 import os
 import signal
@@ -7,7 +8,7 @@ import signal
 import pytest
 from jax.experimental import multihost_utils
 
-from training import loop, preemption
+from training import checkpointing, loop, preemption
 
 
 @pytest.fixture
@@ -47,6 +48,54 @@ def test_sigterm_mid_run_saves_that_step_and_returns(
     assert int(loop.train_and_evaluate(config, workdir).step) == 6
     assert "Restoring checkpoint at step 3" in caplog.text
     assert sorted(os.listdir(checkpoints)) == ["4", "6"]
+
+
+def test_sigterm_while_the_final_save_finishes_still_returns_with_it_written(
+    fast_loop_config, sentinel_handler, tmp_path, monkeypatch
+):
+    handler, calls = sentinel_handler
+    config = fast_loop_config
+    config.num_train_steps = 4
+    real_make_manager = checkpointing.make_manager
+
+    def make_manager(*args, **kwargs):
+        manager = real_make_manager(*args, **kwargs)
+        real_wait = manager.wait_until_finished
+
+        def wait_after_sigterm():  # the notice lands while the last async save is in flight
+            if inspect.stack()[1].function == "_train":  # the loop's final wait, not a save's
+                os.kill(os.getpid(), signal.SIGTERM)
+            real_wait()
+
+        manager.wait_until_finished = wait_after_sigterm
+        return manager
+
+    monkeypatch.setattr(checkpointing, "make_manager", make_manager)
+    workdir = str(tmp_path / "run")
+    assert int(loop.train_and_evaluate(config, workdir).step) == 4
+    assert "4" in os.listdir(os.path.join(workdir, "checkpoints"))
+    assert signal.getsignal(signal.SIGTERM) is handler and calls == []
+
+
+def test_sigterm_during_start_up_checkpoints_the_first_step(
+    fast_loop_config, sentinel_handler, tmp_path, monkeypatch, caplog
+):
+    handler, calls = sentinel_handler
+    config = fast_loop_config
+    config.num_train_steps = 6
+    real_build = loop.build_experiment
+
+    def build_then_sigterm(config):  # the notice lands while the run is still being built
+        os.kill(os.getpid(), signal.SIGTERM)
+        return real_build(config)
+
+    monkeypatch.setattr(loop, "build_experiment", build_then_sigterm)
+    caplog.set_level(logging.INFO)
+    workdir = str(tmp_path / "run")
+    assert int(loop.train_and_evaluate(config, workdir).step) == 1
+    assert os.listdir(os.path.join(workdir, "checkpoints")) == ["1"]
+    assert "Preempted: saved checkpoint at step 1" in caplog.text
+    assert signal.getsignal(signal.SIGTERM) is handler and calls == []
 
 
 def test_watcher_only_sets_a_flag_and_restores_the_handler_on_error(sentinel_handler):

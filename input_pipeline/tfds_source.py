@@ -1,8 +1,8 @@
 """tfds datasets through tf.data (CIFAR-10, or any with an image and a text feature): per-process
 shard, shuffle, flip, [-1, 1].
 
-Resuming at step k reseeds the shuffle with (seed, k) instead of replaying k batches (replaying
-would decode k * batch images): the stream stays a fresh random order, not the identical one.
+The example order is a pure function of (seed, process, epoch), so a run resumed at step k reads
+exactly the batches an uninterrupted run reads from step k on (see `epoch_stream`).
 """
 
 from __future__ import annotations
@@ -52,6 +52,27 @@ def process_split(split: str, process_index: int, process_count: int) -> Any:
     return tfds.even_splits(split, n=process_count, drop_remainder=True)[process_index]
 
 
+def epoch_stream(builder: Any, split: Any, *, shuffle_buffer: int, seed: int, start_example: int):
+    """(global example index, example) pairs from `start_example` on, endlessly.
+
+    Epoch e is the split (files in a fixed order) shuffled through a `shuffle_buffer` window with
+    a seed made from (seed, e), so the order depends on nothing but those. Resuming at example n
+    starts at epoch n // N and skips n % N examples: at most one epoch is read to get there.
+    """
+    import tensorflow as tf  # noqa: PLC0415
+
+    examples_per_epoch = builder.info.splits[split].num_examples
+    start_epoch, offset = divmod(start_example, examples_per_epoch)
+    base = builder.as_dataset(split=split, shuffle_files=False)
+
+    def epoch(index):
+        epoch_seed = tf.constant(seed, tf.int64) * 1_000_003 + index
+        return base.shuffle(shuffle_buffer, seed=epoch_seed, reshuffle_each_iteration=False)
+
+    ds = tf.data.Dataset.range(start_epoch, 2**62).flat_map(epoch)
+    return ds.skip(offset).enumerate(start=start_example)
+
+
 def _preprocess(random_flip: bool, seed: int):
     import tensorflow as tf  # noqa: PLC0415
 
@@ -84,10 +105,14 @@ def create_cifar10_iterator(
     builder = tfds.builder("cifar10", data_dir=data_dir)
     require_prepared(builder, "cifar10", data_dir)
     split = process_split("train", process_index, process_count)
-    run_seed = int(np.random.default_rng([seed, start_step, process_index]).integers(2**31))
-    read_config = tfds.ReadConfig(shuffle_seed=run_seed)
-    ds = builder.as_dataset(split=split, shuffle_files=True, read_config=read_config)
-    ds = ds.repeat().shuffle(cfg.shuffle_buffer, seed=run_seed).enumerate()
+    run_seed = int(np.random.default_rng([seed, process_index]).integers(2**31))
+    ds = epoch_stream(
+        builder,
+        split,
+        shuffle_buffer=cfg.shuffle_buffer,
+        seed=run_seed,
+        start_example=start_step * per_process_batch_size,
+    )
     ds = ds.map(_preprocess(cfg.random_flip, run_seed), num_parallel_calls=tf.data.AUTOTUNE)
     if cfg.image_size != 32:
         scale = cfg.image_size // 32
@@ -150,10 +175,15 @@ def create_generic_iterator(
                 f"{', '.join(features.keys())}"
             )
     split = process_split(cfg.split, process_index, process_count)
-    run_seed = int(np.random.default_rng([seed, start_step, process_index]).integers(2**31))
-    read_config = tfds.ReadConfig(shuffle_seed=run_seed)
-    ds = builder.as_dataset(split=split, shuffle_files=True, read_config=read_config)
-    ds = ds.repeat().shuffle(cfg.shuffle_buffer, seed=run_seed)
+    run_seed = int(np.random.default_rng([seed, process_index]).integers(2**31))
+    ds = epoch_stream(
+        builder,
+        split,
+        shuffle_buffer=cfg.shuffle_buffer,
+        seed=run_seed,
+        start_example=start_step * per_process_batch_size,
+    )
+    ds = ds.map(lambda index, example: example)
     ds = ds.map(_generic_preprocess(cfg), num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.batch(per_process_batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
     for batch in tfds.as_numpy(ds):

@@ -26,21 +26,20 @@ def test_missing_dataset_fails_fast_with_the_fix(tmp_path):
     assert "download_and_prepare" in message and "configs/digits_ddpm.py" in message
 
 
-@pytest.fixture
-def mock_cifar(monkeypatch):
-    monkeypatch.setattr(tfds_source, "require_prepared", lambda *args: None)
-    with tfds.testing.mock_data(num_examples=64):
-        yield
-
-
 def _first(cfg, **kw):
     it = create_train_iterator(cfg, per_process_batch_size=8, seed=0, **kw)
     return list(itertools.islice(it, 2))
 
 
-def test_cifar_batches_are_scaled_nhwc(mock_cifar):
+def test_cifar_batches_are_scaled_nhwc(prepared_cifar):
+    data_dir, _ = prepared_cifar
     cfg = DataConfig(
-        name="cifar10", image_size=32, channels=3, random_flip=False, shuffle_buffer=16
+        name="cifar10",
+        data_dir=data_dir,
+        image_size=32,
+        channels=3,
+        random_flip=False,
+        shuffle_buffer=16,
     )
     batches = _first(cfg, process_index=0, process_count=1)
     image = batches[0]["image"]
@@ -49,9 +48,15 @@ def test_cifar_batches_are_scaled_nhwc(mock_cifar):
     assert batches[0]["label"].dtype == np.int32 and batches[0]["label"].shape == (8,)
 
 
-def test_flip_mirrors_images_of_the_same_stream(mock_cifar):
+def test_flip_mirrors_images_of_the_same_stream(prepared_cifar):
+    data_dir, _ = prepared_cifar
     base = DataConfig(
-        name="cifar10", image_size=32, channels=3, random_flip=False, shuffle_buffer=1
+        name="cifar10",
+        data_dir=data_dir,
+        image_size=32,
+        channels=3,
+        random_flip=False,
+        shuffle_buffer=1,
     )
     plain = _first(base, process_index=0, process_count=1)[0]["image"]
     flipped = _first(
@@ -123,15 +128,22 @@ def test_processes_read_disjoint_shards_that_cover_the_split(prepared_cifar):
     assert seen[0] | seen[1] == train
 
 
-def test_same_start_step_repeats_and_a_new_one_reseeds(prepared_cifar):
-    data_dir, _ = prepared_cifar
+def test_resuming_at_a_step_reads_exactly_what_the_uninterrupted_run_reads(prepared_cifar):
+    data_dir, train = prepared_cifar
 
-    def one(step):
-        return np.stack(_stream(data_dir, 4, process_index=0, process_count=1, start_step=step))
+    def stream(start_step, count):
+        kw = dict(process_index=0, process_count=1, start_step=start_step)
+        return np.stack(_stream(data_dir, count, **kw))
 
-    first = one(0)
-    np.testing.assert_array_equal(first, one(0))
-    assert not np.array_equal(first, one(7))
+    uninterrupted = stream(0, 12)  # 60 examples: several epochs of the small split
+    for start in (1, 5, 9):  # inside the first epoch, at later epochs, mid-epoch
+        np.testing.assert_array_equal(stream(start, 12 - start), uninterrupted[start:])
+    # each epoch holds every example once, in a new order
+    per_epoch = len(train)
+    flat = uninterrupted.reshape(-1, *uninterrupted.shape[2:])
+    first, second = flat[:per_epoch], flat[per_epoch : 2 * per_epoch]
+    assert _as_uint8([first]) == _as_uint8([second]) == train
+    assert not np.array_equal(first, second)
 
 
 def test_larger_image_sizes_repeat_pixels(prepared_cifar):

@@ -81,6 +81,18 @@ def num_classes(name: str) -> int:
     return DATASETS[name][2]
 
 
+def require_data(cfg: DataConfig) -> None:
+    """ConfigError now, not after compiling, when a tfds dataset is not prepared under
+    `data.data_dir` (digits ship with scikit-learn and are always there)."""
+    name = {"cifar10": "cifar10", "tfds": cfg.tfds_name}.get(cfg.name)
+    if name is None:
+        return
+    try:
+        tfds_source.require_available(name, cfg.data_dir)
+    except tfds_source.DatasetNotFoundError as err:
+        raise ConfigError(f"data.name={cfg.name!r}, data.data_dir={cfg.data_dir!r}: {err}") from err
+
+
 def create_train_iterator(
     cfg: DataConfig,
     *,

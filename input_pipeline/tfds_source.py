@@ -45,6 +45,18 @@ def require_prepared(builder: Any, name: str, data_dir: str) -> None:
     )
 
 
+def require_available(name: str, data_dir: str) -> None:
+    """Fails fast, before any training work, when tfds dataset `name` is not prepared on disk."""
+    import tensorflow_datasets as tfds  # noqa: PLC0415
+
+    resolved = resolve_data_dir(data_dir)
+    try:
+        builder = tfds.builder(name, data_dir=resolved)
+    except tfds.core.registered.DatasetNotFoundError as err:
+        raise DatasetNotFoundError(f"tfds has no dataset named {name!r}: {err}") from err
+    require_prepared(builder, name, resolved)
+
+
 def process_split(split: str, process_index: int, process_count: int) -> Any:
     """This process's equal, disjoint slice of a split (the remainder is dropped)."""
     import tensorflow_datasets as tfds  # noqa: PLC0415

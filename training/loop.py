@@ -152,6 +152,7 @@ def _train(
     """train_and_evaluate's body: build, restore, then the step loop until the end or SIGTERM."""
     validate_workdir(workdir)  # created if missing; ConfigError naming --workdir if unwritable
     experiment = build_experiment(config)  # all validation happens here, before any compile
+    pipeline.require_data(experiment.data)  # a dataset missing from data.data_dir, before init
     mesh = experiment.mesh
     logging.info("Mesh %s over %d devices", dict(mesh.shape), mesh.devices.size)
     writer = metric_writers.create_default_writer(

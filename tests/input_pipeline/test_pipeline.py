@@ -1,6 +1,7 @@
 import pytest
 
 from configs import cifar_ddpm, digits_ddpm
+from errors import ConfigError
 from input_pipeline import pipeline
 
 
@@ -29,3 +30,16 @@ def test_dispatch_yields_digits_batches():
         pipeline.DataConfig(), per_process_batch_size=4, seed=0, process_index=0, process_count=1
     )
     assert next(it)["image"].shape == (4, 8, 8, 1)
+
+
+def test_a_missing_tfds_dataset_is_a_config_error_naming_the_data_dir(tmp_path):
+    cifar = pipeline.data_config_from(cifar_ddpm.get_config().data)
+    cifar = pipeline.DataConfig(**{**cifar.__dict__, "data_dir": str(tmp_path)})
+    with pytest.raises(ConfigError, match="data.data_dir=") as error:
+        pipeline.require_data(cifar)
+    assert str(tmp_path) in str(error.value) and "download_and_prepare" in str(error.value)
+    unknown = pipeline.DataConfig(**{**cifar.__dict__, "name": "tfds", "tfds_name": "no_such_ds"})
+    with pytest.raises(ConfigError, match="no_such_ds"):
+        pipeline.require_data(unknown)
+    digits = pipeline.data_config_from(digits_ddpm.get_config().data)
+    pipeline.require_data(digits)  # shipped with scikit-learn: nothing to check on disk

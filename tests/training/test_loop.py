@@ -126,3 +126,17 @@ def test_checkpoint_of_another_model_size_stops_the_run_before_training(
     with pytest.raises(errors.ConfigError, match=expected):
         loop.train_and_evaluate(config, workdir)
     assert snapshot(checkpoints) == before
+
+
+def test_a_missing_dataset_stops_the_run_before_the_state_is_initialised(
+    tiny_config, tmp_path, monkeypatch
+):
+    def never(*args, **kwargs):
+        raise AssertionError("the state was initialised before the data was checked")
+
+    monkeypatch.setattr(loop, "init_or_restore", never)
+    tiny_config.data.name, tiny_config.data.data_dir = "cifar10", str(tmp_path / "no_data")
+    tiny_config.data.image_size, tiny_config.data.channels = 32, 3
+    tiny_config.model.attention_resolutions = (16,)
+    with pytest.raises(errors.ConfigError, match="data.data_dir="):
+        loop.train_and_evaluate(tiny_config, str(tmp_path / "run"))

@@ -59,7 +59,6 @@ from models.unet import UNetConfig  # noqa: E402
 from training import loop  # noqa: E402
 from training import train_step as train_step_lib  # noqa: E402
 from training.experiment import Experiment, build_experiment  # noqa: E402
-from training.sampling import make_sample_fn  # noqa: E402
 
 TRAIN_TARGET = 1.25  # issue 7: our examples/s over PyTorch's, same batch
 SAMPLE_TARGET = 1.2  # issue 7: our DDIM images/s over diffusers' pipeline loop, same steps
@@ -160,19 +159,7 @@ class JaxSide:
         self.state, shardings = loop.create_state(experiment, seed=seed)
         self.step = loop.make_train_step(experiment, shardings)
         self.batch = sharding.host_batch_to_global(host_batch, experiment.mesh)
-        self.sample_fn = make_sample_fn(
-            experiment.model,
-            experiment.schedule,
-            experiment.sampler,
-            prediction=experiment.step_config.prediction,
-            image_shape=experiment.image_shape,
-            mesh=experiment.mesh,
-            params_sharding=shardings.ema_params,
-            process=experiment.step_config.process,
-            flow_shift=experiment.flow_shift,
-            conditions=experiment.sample_conditions,
-            sequence_parallel=experiment.sequence_parallel,
-        )
+        self.sample_fn = loop.experiment_sample_fn(experiment, shardings.ema_params)
         # Random weights (drawn on the host: a jitted draw per leaf costs compile time), so no
         # all-zero conv (ours zero-initialises each block's last conv) is what gets timed.
         rng = np.random.default_rng(seed)

@@ -90,6 +90,24 @@ def make_train_step(experiment: Experiment, shardings: TrainState):
     )
 
 
+def experiment_sample_fn(experiment: Experiment, params_sharding):
+    """The experiment's sampler (`sampler.*`, its conditions), taking EMA params laid out as
+    `params_sharding`: what sample grids, --mode=sample and the benchmarks draw with."""
+    return make_sample_fn(
+        experiment.model,
+        experiment.schedule,
+        experiment.sampler,
+        prediction=experiment.step_config.prediction,
+        image_shape=experiment.image_shape,
+        mesh=experiment.mesh,
+        params_sharding=params_sharding,
+        process=experiment.step_config.process,
+        flow_shift=experiment.flow_shift,
+        conditions=experiment.sample_conditions,
+        sequence_parallel=experiment.sequence_parallel,
+    )
+
+
 def write_sample_grid(
     writer, sample_fn, state: TrainState, step: int, workdir: str, seed: int, rows: int | None
 ):
@@ -166,19 +184,7 @@ def _train(
     logging.info("Starting at step %d of %d", start_step, config.num_train_steps)
 
     train_step = make_train_step(experiment, shardings)
-    sample_fn = make_sample_fn(
-        experiment.model,
-        experiment.schedule,
-        experiment.sampler,
-        prediction=experiment.step_config.prediction,
-        image_shape=experiment.image_shape,
-        mesh=mesh,
-        params_sharding=shardings.ema_params,
-        process=experiment.step_config.process,
-        flow_shift=experiment.flow_shift,
-        conditions=experiment.sample_conditions,
-        sequence_parallel=experiment.sequence_parallel,
-    )
+    sample_fn = experiment_sample_fn(experiment, shardings.ema_params)
     batches = pipeline.create_train_iterator(
         experiment.data,
         per_process_batch_size=config.batch_size // jax.process_count(),

@@ -12,7 +12,6 @@ from absl import logging
 
 from training import checkpointing, images, loop
 from training.experiment import build_experiment
-from training.sampling import make_sample_fn
 
 
 def restore_sampler(config: ml_collections.ConfigDict, workdir: str):
@@ -29,19 +28,7 @@ def restore_sampler(config: ml_collections.ConfigDict, workdir: str):
             "train first (--mode=train) or point --workdir at a run."
         )
     state, shardings = loop.init_or_restore(experiment, manager, config.seed)
-    sample_fn = make_sample_fn(
-        experiment.model,
-        experiment.schedule,
-        experiment.sampler,
-        prediction=experiment.step_config.prediction,
-        image_shape=experiment.image_shape,
-        mesh=experiment.mesh,
-        params_sharding=shardings.ema_params,
-        process=experiment.step_config.process,
-        flow_shift=experiment.flow_shift,
-        conditions=experiment.sample_conditions,
-        sequence_parallel=experiment.sequence_parallel,
-    )
+    sample_fn = loop.experiment_sample_fn(experiment, shardings.ema_params)
     return experiment, state, sample_fn
 
 

@@ -22,20 +22,10 @@ import jax.numpy as jnp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.peak import best_seconds as best_time  # noqa: E402
 from diffusion import grids, samplers, schedules  # noqa: E402
 from models.functional import functionalize, init_params  # noqa: E402
 from models.unet import UNet, UNetConfig  # noqa: E402
-
-
-def best_time(fn: Callable, args: tuple, repeats: int) -> float:
-    """Least wall time of `fn(*args)`, blocked until ready, over `repeats` calls after warm-up."""
-    jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def build_network(image_size: int, base_channels: int):

@@ -64,6 +64,11 @@ def process_split(split: str, process_index: int, process_count: int) -> Any:
     return tfds.even_splits(split, n=process_count, drop_remainder=True)[process_index]
 
 
+def process_seed(seed: int, process_index: int) -> int:
+    """This process's shuffle and flip seed: fixed for the run, so resumes replay its order."""
+    return int(np.random.default_rng([seed, process_index]).integers(2**31))
+
+
 def epoch_stream(builder: Any, split: Any, *, shuffle_buffer: int, seed: int, start_example: int):
     """(global example index, example) pairs from `start_example` on, endlessly.
 
@@ -116,8 +121,8 @@ def create_cifar10_iterator(
     data_dir = resolve_data_dir(cfg.data_dir)
     builder = tfds.builder("cifar10", data_dir=data_dir)
     require_prepared(builder, "cifar10", data_dir)
+    run_seed = process_seed(seed, process_index)
     split = process_split("train", process_index, process_count)
-    run_seed = int(np.random.default_rng([seed, process_index]).integers(2**31))
     ds = epoch_stream(
         builder,
         split,
@@ -186,8 +191,8 @@ def create_generic_iterator(
                 f"data.{field}={key!r} is not a feature of {cfg.tfds_name}; it has: "
                 f"{', '.join(features.keys())}"
             )
+    run_seed = process_seed(seed, process_index)
     split = process_split(cfg.split, process_index, process_count)
-    run_seed = int(np.random.default_rng([seed, process_index]).integers(2**31))
     ds = epoch_stream(
         builder,
         split,

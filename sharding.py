@@ -231,4 +231,7 @@ def activation_constraints(mesh: Mesh, sequence_parallel: bool = False):
             return x
         return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
 
-    return logical.resolving(resolve)
+    split_counts = {
+        name: int(np.prod([mesh.shape[axis] for axis in axes])) for name, axes in rules.items()
+    }
+    return logical.resolving(resolve, split_counts)

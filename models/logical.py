@@ -26,6 +26,9 @@ Resolver = Callable[[jax.Array, AxisNames], jax.Array]
 _resolver: contextvars.ContextVar[Resolver | None] = contextvars.ContextVar(
     "activation_resolver", default=None
 )
+_split_counts: contextvars.ContextVar[dict[str, int] | None] = contextvars.ContextVar(
+    "activation_split_counts", default=None
+)
 
 
 def constrain(x: jax.Array, names: AxisNames) -> jax.Array:
@@ -36,11 +39,22 @@ def constrain(x: jax.Array, names: AxisNames) -> jax.Array:
     return x if resolver is None else resolver(x, names)
 
 
+def split_count(name: str, size: int) -> int:
+    """How many ways the caller's mesh splits a `size`-long axis called `name` (1 outside
+    `resolving`, or where the split does not divide `size`): for code that blocks its work
+    per device, such as a scan over the batch."""
+    count = (_split_counts.get() or {}).get(name, 1)
+    return count if size % count == 0 else 1
+
+
 @contextlib.contextmanager
-def resolving(resolver: Resolver) -> Iterator[None]:
-    """Within the block, `constrain(x, names)` returns `resolver(x, names)` (set while tracing)."""
+def resolving(resolver: Resolver, split_counts: dict[str, int] | None = None) -> Iterator[None]:
+    """Within the block, `constrain(x, names)` returns `resolver(x, names)` and `split_count`
+    reads `split_counts` (set while tracing)."""
     token = _resolver.set(resolver)
+    counts_token = _split_counts.set(dict(split_counts or {}))
     try:
         yield
     finally:
+        _split_counts.reset(counts_token)
         _resolver.reset(token)

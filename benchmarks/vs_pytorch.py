@@ -34,43 +34,41 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
 import os
 import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import sharding  # noqa: E402
-from benchmarks import peak  # noqa: E402
-from benchmarks.train_step import loss_inputs, median_seconds, random_host_batch  # noqa: E402
+from benchmarks.contention import fmt_load, fmt_seconds, fmt_wait, timed, waited  # noqa: E402
+from benchmarks.diffusers_unet import diffusers_unet, torch_param_count, unet_config  # noqa: E402
+from benchmarks.train_step import random_host_batch  # noqa: E402
+from benchmarks.vs_pytorch_breakdown import print_breakdown  # noqa: E402
 from configs import cifar_ddpm  # noqa: E402
-from models import registry  # noqa: E402
 from models.functional import count_params  # noqa: E402
 from models.unet import UNetConfig  # noqa: E402
 from training import loop  # noqa: E402
-from training import train_step as train_step_lib  # noqa: E402
 from training.experiment import Experiment, build_experiment  # noqa: E402
 
 TRAIN_TARGET = 1.25  # issue 7: our examples/s over PyTorch's, same batch
 SAMPLE_TARGET = 1.2  # issue 7: our DDIM images/s over diffusers' pipeline loop, same steps
-PHASES = ("loss forward (train mode)", "loss forward + backward", "network forward (eval)")
-CONVS = ((128, 32), (256, 16))  # (channels, side) of the U-Net's first two levels' 3x3 convs
 CONTENDED = 0.1  # a block whose CPU wait (see `cpu_stall_us`) exceeds this is flagged
 
 
-def bench_config(batch: int, sample_steps: int, base_channels: int | None = None):
-    """configs/cifar_ddpm.py at one global batch, sampling `batch` images with DDIM."""
+def bench_config(
+    batch: int, sample_steps: int, base_channels: int | None = None, conv_impl: str = "dots"
+):
+    """configs/cifar_ddpm.py at one global batch, sampling `batch` images with DDIM; `conv_impl`
+    "dots" is the CPU fast path of models/conv.py, "xla" plain lax convolutions."""
     config = cifar_ddpm.get_config()
     config.batch_size = batch
+    config.model.conv_impl = conv_impl
     if base_channels:
         config.model.base_channels = base_channels
     config.sampler.name = "ddim"
@@ -81,74 +79,6 @@ def bench_config(batch: int, sample_steps: int, base_channels: int | None = None
     config.sampler.thresholding = "static"
     config.sampler.num_samples = batch
     return config
-
-
-def unet_config(config: ml_collections.ConfigDict) -> UNetConfig:
-    """The typed U-Net config `build_experiment` makes from `config` (unconditional)."""
-    return registry.make_model_config(
-        config.model, image_size=config.data.image_size, channels=config.data.channels
-    )
-
-
-def diffusers_unet_config(model: UNetConfig) -> dict:
-    """`UNet2DModel(**kwargs)` arguments for the same network as our `UNet(model)`.
-
-    Ours embeds t with `base` sinusoids [sin | cos] at frequencies exp(-ln(1e4) i / (half - 1))
-    (flip_sin_to_cos=False, freq_shift=1), uses GroupNorm eps 1e-6, and its conv_in and time
-    MLP have `base` channels, which diffusers ties to block_out_channels[0]: so channel_mult[0]
-    must be 1. Head counts do not change parameter counts, but are matched too: diffusers takes
-    one attention_head_dim for every attention layer (None: one head of the block's width).
-    """
-    if model.channel_mult[0] != 1:
-        raise ValueError(f"channel_mult[0]={model.channel_mult[0]}: diffusers needs 1 (see doc).")
-    if model.num_classes or model.context_dim or model.pooled_dim:
-        raise ValueError("Only unconditional U-Nets map to UNet2DModel.")
-    channels = tuple(model.base_channels * m for m in model.channel_mult)
-    attn = [r in model.attention_resolutions for r in model.resolutions]
-    head_dim = None
-    if model.num_heads > 1:
-        widths = {c for c, a in zip(channels, attn, strict=True) if a} | {channels[-1]}
-        if len(widths) > 1:
-            raise ValueError(f"num_heads={model.num_heads} over widths {sorted(widths)}.")
-        head_dim = widths.pop() // model.num_heads
-    return dict(
-        sample_size=model.image_size,
-        in_channels=model.in_channels,
-        out_channels=model.out_channels,
-        time_embedding_type="positional",
-        flip_sin_to_cos=False,
-        freq_shift=1,
-        block_out_channels=channels,
-        layers_per_block=model.num_res_blocks,
-        down_block_types=tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in attn),
-        up_block_types=tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attn)),
-        mid_block_type="UNetMidBlock2D",
-        add_attention=True,
-        attention_head_dim=head_dim,
-        norm_num_groups=model.num_groups,
-        norm_eps=1e-6,
-        act_fn="silu",
-        dropout=model.dropout,
-        downsample_padding=1,
-        resnet_time_scale_shift="default",
-    )
-
-
-def diffusers_unet(model: UNetConfig):
-    """diffusers' UNet2DModel built by `diffusers_unet_config` (PyTorch default init)."""
-    from diffusers import UNet2DModel  # noqa: PLC0415 (test-only dependency)
-
-    return UNet2DModel(**diffusers_unet_config(model))
-
-
-def torch_param_count(unet) -> int:
-    return sum(p.numel() for p in unet.parameters())
-
-
-def our_param_count(config: ml_collections.ConfigDict) -> int:
-    """Parameters of our network for `config` (shapes only, nothing allocated)."""
-    experiment = build_experiment(config, jax.devices()[:1])
-    return count_params(experiment.model.abstract_params)
 
 
 class JaxSide:
@@ -265,33 +195,6 @@ class Block:
     pressure: float | None  # share of the block's wall time some task waited for a CPU
 
 
-def cpu_stall_us() -> int | None:
-    """Microseconds some runnable task has waited for a CPU since boot (Linux PSI), or None."""
-    try:
-        with open("/proc/pressure/cpu") as f:
-            return int(f.readline().rsplit("total=", 1)[1])
-    except (OSError, IndexError, ValueError):
-        return None
-
-
-def timed(fn: Callable[[], object]) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
-def waited(fn: Callable[[], object]) -> tuple[object, float | None]:
-    """`fn()` and the share of its wall time some task waited for a CPU (None: no PSI)."""
-    stall, start = cpu_stall_us(), time.perf_counter()
-    out = fn()
-    wall, stall_end = time.perf_counter() - start, cpu_stall_us()
-    return out, None if stall is None else (stall_end - stall) / 1e6 / wall
-
-
-def fmt_wait(pressure: float | None) -> str:
-    return "-" if pressure is None else f"{100 * pressure:.0f}%"
-
-
 def alternate(
     sides: dict[str, Callable[[], object]], rounds: int, calls: int, warmup: int
 ) -> tuple[dict[str, float], list[Block]]:
@@ -309,14 +212,6 @@ def alternate(
             blocks.append(Block(round_index, name, seconds, os.getloadavg(), pressure))
             print(f"  round {round_index} {name}: {fmt_seconds(seconds)}", flush=True)
     return first, blocks
-
-
-def fmt_seconds(seconds: list[float]) -> str:
-    return " ".join(f"{s:.3f}" for s in seconds) + " s"
-
-
-def fmt_load(load: tuple[float, ...]) -> str:
-    return "/".join(f"{x:.2f}" for x in load)
 
 
 def report(title, unit, per_call, first, blocks: list[Block], flops_per_unit, target) -> None:
@@ -357,120 +252,6 @@ def report(title, unit, per_call, first, blocks: list[Block], flops_per_unit, ta
     )
 
 
-def jax_phases(ours: JaxSide) -> dict[str, Callable[[], object]]:
-    """Our loss forward (train mode), its forward + backward, and one eval forward of the
-    network (what each sampling step runs), each jitted on its own, as no-argument calls."""
-    experiment = ours.experiment
-    loss_fn = functools.partial(
-        train_step_lib.diffusion_loss,
-        model=experiment.model,
-        schedule=experiment.schedule,
-        config=experiment.step_config,
-    )
-
-    def loss(params, batch, key):
-        return loss_fn(params, loss_inputs(experiment, batch, key), key)[0]
-
-    def network(params, x):
-        return experiment.model.apply(params, x, jnp.full((x.shape[0],), 500))
-
-    args = (ours.state.params, ours.batch, jax.random.key(0))
-    forward, backward, eval_forward = jax.jit(loss), jax.jit(jax.grad(loss)), jax.jit(network)
-    calls = (
-        lambda: forward(*args),
-        lambda: backward(*args),
-        lambda: eval_forward(ours.sample_params, ours.x),
-    )
-    return dict(zip(PHASES, calls, strict=True))
-
-
-def torch_phases(theirs: TorchSide) -> dict[str, Callable[[], object]]:
-    """The same three phases on the PyTorch side (the eval forward under no_grad)."""
-    torch, unet, x0 = theirs.torch, theirs.unet, theirs.x0
-    t = torch.randint(0, 1000, (x0.shape[0],))
-
-    def loss():
-        unet.train()
-        return torch.nn.functional.mse_loss(unet(x0, t).sample, x0)
-
-    def backward():
-        loss().backward()
-        unet.zero_grad(set_to_none=True)
-
-    def forward_eval():
-        unet.eval()
-        with torch.no_grad():
-            return unet(x0, torch.full((x0.shape[0],), 500))
-
-    return dict(zip(PHASES, (loss, backward, forward_eval), strict=True))
-
-
-def conv_calls(batch: int, side: int, channels: int, torch) -> dict[str, Callable[[], object]]:
-    """One 3x3 conv (channels -> channels, side x side): forward, and forward + backward to
-    input and kernel, in XLA (NHWC) and PyTorch (NCHW, its default, and channels_last)."""
-    kx, kw = jax.random.split(jax.random.key(0))
-    x = jax.random.normal(kx, (batch, side, side, channels))  # [B, H, W, C]
-    kernel = 0.05 * jax.random.normal(kw, (3, 3, channels, channels))
-    grad = jax.jit(jax.grad(lambda x, k: jnp.sum(peak.conv3x3(x, k) * x), argnums=(0, 1)))
-    forward = jax.jit(peak.conv3x3)
-    calls = {"XLA NHWC": (lambda: forward(x, kernel), lambda: grad(x, kernel))}
-    for name, fmt in (("PyTorch NCHW", torch.contiguous_format), ("PyTorch NHWC", None)):
-        fmt = fmt or torch.channels_last
-        conv = torch.nn.Conv2d(channels, channels, 3, padding=1).to(memory_format=fmt)
-        tx = torch.randn(batch, channels, side, side).contiguous(memory_format=fmt)
-        tx.requires_grad_(True)
-
-        def run(conv=conv, tx=tx):
-            with torch.no_grad():
-                return conv(tx)
-
-        def backward(conv=conv, tx=tx):
-            (conv(tx) * tx).sum().backward()
-
-        calls[name] = (run, backward)
-    return calls
-
-
-def print_breakdown(ours: JaxSide, theirs: TorchSide, batch: int, repeats: int) -> None:
-    """Where the time goes: forward vs backward on each side (alternating per phase), and the
-    speed of a lone conv, forward and forward + backward, in each library."""
-    print(f"\n### Breakdown, batch {batch}, median of {repeats} after a warm-up call\n")
-    print("| phase | JAX ms | PyTorch ms | PyTorch / JAX time | load avg 1/5/15 | CPU wait |")
-    print("|---|---:|---:|---:|---|---:|")
-    jax_calls, torch_calls = jax_phases(ours), torch_phases(theirs)
-    for name in PHASES:
-        (ours_s, theirs_s), wait = waited(
-            lambda name=name: [
-                median_seconds(c[name], (), repeats) for c in (jax_calls, torch_calls)
-            ]
-        )
-        print(
-            f"| {name} | {1e3 * ours_s:.0f} | {1e3 * theirs_s:.0f} | {theirs_s / ours_s:.2f} | "
-            f"{fmt_load(os.getloadavg())} | {fmt_wait(wait)} |"
-        )
-    sizes = " | ".join(f"{c} ch {s}x{s}, fwd / fwd+bwd" for c, s in CONVS)
-    print(f"\n| 3x3 conv, batch {batch}, GFLOP/s | {sizes} |")
-    print("|---|" + "---:|" * len(CONVS))
-    table, wait = waited(lambda: conv_table(batch, theirs.torch, repeats))
-    for name, cells in table.items():
-        print(f"| {name} | " + " | ".join(cells) + " |")
-    print(f"load avg {fmt_load(os.getloadavg())}, CPU wait {fmt_wait(wait)}")
-
-
-def conv_table(batch: int, torch, repeats: int) -> dict[str, list[str]]:
-    """Per library, "forward / forward + backward" GFLOP/s cells, one per size in CONVS."""
-    table: dict[str, list[str]] = {}
-    for channels, side in CONVS:
-        flops = peak.conv3x3_same_flops(batch, side, side, channels, channels)
-        for name, (forward, backward) in conv_calls(batch, side, channels, torch).items():
-            rates = (
-                flops / median_seconds(forward, (), repeats),
-                3 * flops / median_seconds(backward, (), repeats),
-            )
-            table.setdefault(name, []).append(" / ".join(f"{r / 1e9:.0f}" for r in rates))
-    return table
-
-
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=8, help="train batch = images per sample call")
@@ -480,6 +261,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--sample_calls", type=int, default=1, help="timed calls per round")
     parser.add_argument("--warmup", type=int, default=1, help="untimed calls (JAX: compiles)")
     parser.add_argument("--base_channels", type=int, default=0, help="0: the config's 128")
+    parser.add_argument("--conv_impl", choices=("dots", "xla"), default="dots", help="ours")
     parser.add_argument("--skip_train", action="store_true")
     parser.add_argument("--skip_sample", action="store_true")
     parser.add_argument("--breakdown", action="store_true", help="forward / backward / conv times")
@@ -491,7 +273,7 @@ def main() -> None:
     import torch  # noqa: PLC0415 (test-only dependency)
 
     torch.set_num_threads(os.cpu_count())
-    config = bench_config(args.batch, args.sample_steps, args.base_channels or None)
+    config = bench_config(args.batch, args.sample_steps, args.base_channels or None, args.conv_impl)
     experiment = build_experiment(config, jax.devices()[:1])
     model = unet_config(config)
     host_batch = random_host_batch(experiment, args.batch)
@@ -510,7 +292,7 @@ def main() -> None:
     print(
         f"U-Net base {model.base_channels}: params ours {ours_n:,}, diffusers {theirs_n:,}", end=""
     )
-    print(f" (difference {ours_n - theirs_n})")
+    print(f" (difference {ours_n - theirs_n}); ours with model.conv_impl={args.conv_impl!r}")
     print(f"PyTorch flop counter per image: forward {forward_flops / 1e9:.2f} G, ", end="")
     print(f"forward + backward {train_flops / 1e9:.2f} G")
     if not args.skip_train:

@@ -97,7 +97,13 @@ def main(argv: list[str]) -> None:
         # runs use it, e.g. several CPU processes on one machine as tests/test_multihost.py does).
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
         jax.distributed.initialize(**distributed)
-    from training import loop, sample_run  # noqa: PLC0415 (after distributed init)
+    from training import compilation_cache, loop, sample_run  # noqa: PLC0415 (after init)
+
+    # Before anything compiles: JAX decides once per process whether the cache is used.
+    cache_dir = FLAGS.config.get("compilation_cache_dir", "")
+    cached = compilation_cache.enable_compilation_cache(cache_dir)
+    if cached is not None:
+        logging.info("Compilation cache %s: %d entries", cache_dir, cached)
 
     logging.info(
         "JAX process %d/%d, %d local / %d global devices (%s)",

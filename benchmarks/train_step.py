@@ -39,7 +39,7 @@ from benchmarks import peak as peak_lib  # noqa: E402
 from configs import cifar_ddpm, cifar_dit  # noqa: E402
 from diffusion import flow, losses  # noqa: E402
 from models import dit as dit_lib  # noqa: E402
-from training import conditioning, loop  # noqa: E402
+from training import compilation_cache, conditioning, loop  # noqa: E402
 from training import train_step as train_step_lib  # noqa: E402
 from training.experiment import Experiment, build_experiment  # noqa: E402
 
@@ -83,14 +83,28 @@ class StepMeasurement:
 
 
 def model_config(
-    model: str, batch: int, dtype: str = "float32", remat: bool = False
+    model: str,
+    batch: int,
+    dtype: str = "float32",
+    remat: bool = False,
+    *,
+    attention_impl: str | None = None,
+    donate_state: bool = True,
 ) -> ml_collections.ConfigDict:
-    """The CIFAR config of `model` ("unet" | "dit") at one global batch, dtype and remat."""
+    """The CIFAR config of `model` ("unet" | "dit") at one global batch, dtype and remat, with
+    `model.attention_impl` and `training.donate_state` set."""
     config = MODELS[model][1]()
     config.batch_size = batch
     config.model.dtype = dtype
     config.model.remat = remat
+    config.model.attention_impl = attention_impl
+    config.training.donate_state = donate_state
     return config
+
+
+def fast_paths(args: argparse.Namespace) -> dict[str, object]:
+    """model_config's keyword arguments from the command line's fast-path switches."""
+    return {"attention_impl": args.attention_impl or None, "donate_state": args.donate_state}
 
 
 def random_host_batch(experiment: Experiment, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
@@ -240,14 +254,6 @@ def recompile_seconds(config: ml_collections.ConfigDict, devices=None) -> float:
     return time.perf_counter() - start
 
 
-def enable_compilation_cache(directory: str) -> int:
-    """Persistent compilation cache in `directory`, every program cached; entries found there."""
-    jax.config.update("jax_compilation_cache_dir", directory)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-    return len(os.listdir(directory)) if os.path.isdir(directory) else 0
-
-
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="unet,dit", help="comma-separated: unet,dit")
@@ -258,6 +264,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--remat", choices=("off", "on", "both"), default="off")
     parser.add_argument("--compilation_cache", default="", help="persistent cache directory")
     parser.add_argument("--peak_flops", type=float, default=None, help="per-device FLOP/s")
+    parser.add_argument(
+        "--attention_impl", choices=("", "xla", "cudnn"), default="", help='"": JAX chooses'
+    )
+    parser.add_argument(
+        "--donate_state", action=argparse.BooleanOptionalAction, default=True, help="donate state"
+    )
     parser.add_argument(
         "--breakdown", action="store_true", help="also time forward, forward + backward, step"
     )
@@ -294,7 +306,7 @@ def print_breakdown(args: argparse.Namespace, peaks: dict[str, peak_lib.Peak]) -
     print("|---|---|---|---:|---:|---:|---:|---:|---|")
     for key in args.models.split(","):
         for dtype in args.dtype.split(","):
-            config = model_config(key, args.batch, dtype)
+            config = model_config(key, args.batch, dtype, **fast_paths(args))
             rows = phase_breakdown(config, args.steps)
             step_s = rows[-1][2]
             load = "/".join(f"{x:.1f}" for x in os.getloadavg())
@@ -323,6 +335,10 @@ def print_header(args: argparse.Namespace, peaks: dict[str, peak_lib.Peak], cach
     print(f"command: python {' '.join(sys.argv)}")
     print(f"device: {device.device_kind} x{jax.device_count()}, {os.cpu_count()} host cores")
     print(f"jax {jax.__version__}; global batch {args.batch}, median of {args.steps} steps")
+    print(
+        f"attention_impl {args.attention_impl or 'None (JAX chooses)'}, "
+        f"donate_state {args.donate_state}"
+    )
     for dtype, peak in peaks.items():
         print(
             f"peak {dtype}: {peak.flops_per_s / 1e12:.3f} TFLOP/s per device, {peak.source} "
@@ -341,9 +357,7 @@ def print_header(args: argparse.Namespace, peaks: dict[str, peak_lib.Peak], cach
 
 def main() -> None:
     args = parse_args()
-    cached_entries = None
-    if args.compilation_cache:
-        cached_entries = enable_compilation_cache(args.compilation_cache)
+    cached_entries = compilation_cache.enable_compilation_cache(args.compilation_cache)
     dtypes = args.dtype.split(",")
     peaks = {dtype: peak_lib.peak_flops(dtype, args.peak_flops) for dtype in dtypes}
     print_header(args, peaks, cached_entries)
@@ -352,7 +366,7 @@ def main() -> None:
     for key in args.models.split(","):
         for dtype in dtypes:
             for remat in remats:
-                config = model_config(key, args.batch, dtype, remat)
+                config = model_config(key, args.batch, dtype, remat, **fast_paths(args))
                 m = measure_train_step(config, steps=args.steps, warmup=args.warmup)
                 cached = recompile_seconds(config) if args.compilation_cache else None
                 if not remat:

@@ -17,6 +17,9 @@ def get_config() -> ml_collections.ConfigDict:
     )
     config.sample_every_steps = 1000  # EMA sample grid cadence (PNG + TensorBoard); 0 disables.
     config.max_checkpoints_to_keep = 3  # Older checkpoints are deleted by Orbax.
+    # Persistent XLA compilation cache directory (set before the first compile, so restarts load
+    # the compiled step instead of compiling it again); "" = off.
+    config.compilation_cache_dir = ""
 
     # --- Data -----------------------------------------------------------------------------------
     config.data = ml_collections.ConfigDict()
@@ -32,6 +35,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.image_key = "image"
     config.data.text_key = ""  # "/" reaches into nested features: "captions/text"
     config.data.split = "train"
+    # Batches copied to the devices ahead of the step that uses them (overlaps the host -> device
+    # copy with compute; same batches, same order); 0 = off.
+    config.data.device_prefetch = 2
 
     # --- Diffusion process ----------------------------------------------------------------------
     config.diffusion = ml_collections.ConfigDict()
@@ -62,6 +68,12 @@ def get_config() -> ml_collections.ConfigDict:
     # schedule, the loss and the samplers stay float32.
     config.model.dtype = "float32"
     config.model.remat = False  # Recompute each block's activations in the backward pass.
+    # Attention kernel (jax.nn.dot_product_attention): None lets JAX choose, "xla", or "cudnn"
+    # (fused flash attention: GPU only, model.dtype "bfloat16").
+    config.model.attention_impl = ml_collections.config_dict.placeholder(str)
+    # "xla": lax convolutions. "dots": 1x1 convs and the 3x3 kernel gradients at >= 32x32 as
+    # matmuls (models/conv.py), faster on CPU; keep "xla" on GPU / TPU.
+    config.model.conv_impl = "xla"
 
     # --- Conditioning ---------------------------------------------------------------------------
     config.conditioning = ml_collections.ConfigDict()
@@ -98,6 +110,9 @@ def get_config() -> ml_collections.ConfigDict:
     # (skipped steps are counted, logged and written as `skipped_steps`); "stop": raise before
     # the next checkpoint, leaving the last good one as the newest.
     config.training.nonfinite_policy = "skip"
+    # Donate the train state's buffers to the step (the new state reuses them: one copy of
+    # params / optimizer state in memory instead of two). False keeps the input state alive.
+    config.training.donate_state = True
 
     # --- Sampling -------------------------------------------------------------------------------
     config.sampler = ml_collections.ConfigDict()

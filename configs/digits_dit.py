@@ -27,6 +27,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.remat = False
     config.model.dropout = 0.0
     config.model.dtype = "float32"
+    # None: JAX chooses; "xla"; "cudnn" (fused flash attention, GPU + bfloat16 only).
+    config.model.attention_impl = ml_collections.config_dict.placeholder(str)
 
     config.optimizer.learning_rate = 5e-4
 

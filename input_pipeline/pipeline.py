@@ -30,6 +30,7 @@ class DataConfig:
     image_key: str = "image"  # its image feature
     text_key: str = ""  # its text feature (batches then carry "text"); "" for none
     split: str = "train"
+    device_prefetch: int = 2  # batches put on the devices ahead of their step (0: off)
 
 
 # name -> (native image size, channels, number of classes, iterator factory)
@@ -62,6 +63,8 @@ def validate_data_config(cfg: DataConfig) -> None:
         raise ConfigError(f"data.channels={cfg.channels} but {cfg.name} has {channels} channel(s).")
     if cfg.shuffle_buffer < 1:
         raise ConfigError(f"data.shuffle_buffer={cfg.shuffle_buffer} must be >= 1.")
+    if cfg.device_prefetch < 0:
+        raise ConfigError(f"data.device_prefetch={cfg.device_prefetch} must be >= 0 (0: off).")
 
 
 def _validate_generic(cfg: DataConfig) -> None:

@@ -53,6 +53,7 @@ class DiTConfig:
     remat: bool = False  # recompute each block's activations in the backward pass
     dropout: float = 0.0  # on the attention and MLP outputs (training only); not class dropout
     dtype: str = "float32"
+    attention_impl: str | None = None  # layers.ATTENTION_IMPLS: None (JAX chooses) | xla | cudnn
 
     @property
     def dims(self) -> tuple[int, int, int]:
@@ -118,6 +119,11 @@ class DiTConfig:
             raise ValueError(f"model.dropout={self.dropout} must be in [0, 1).")
         if self.dtype not in DTYPES:
             raise ValueError(f"model.dtype={self.dtype!r} is not one of {sorted(DTYPES)}.")
+        if self.attention_impl not in layers.ATTENTION_IMPLS:
+            raise ValueError(
+                f"model.attention_impl={self.attention_impl!r} is not known; allowed: "
+                f"{', '.join(map(repr, layers.ATTENTION_IMPLS))}."
+            )
 
 
 def sincos_pos_embed(grid: int, dim: int) -> np.ndarray:
@@ -188,14 +194,18 @@ def _layer_norm(dim: int, *, affine: bool, dtype, rngs: nnx.Rngs) -> nnx.LayerNo
 class SelfAttention(nnx.Module):
     """Multi-head self-attention with one fused qkv projection (as the paper's timm blocks)."""
 
-    def __init__(self, hidden: int, num_heads: int, *, dtype, rngs: nnx.Rngs):
+    def __init__(self, hidden: int, num_heads: int, *, dtype, attention_impl=None, rngs: nnx.Rngs):
         self.num_heads = num_heads
+        self.attention_impl = attention_impl  # layers.ATTENTION_IMPLS
         self.qkv = _dense(hidden, 3 * hidden, axes=("embed", "heads"), dtype=dtype, rngs=rngs)
         self.out = _dense(hidden, hidden, axes=("heads", "embed"), dtype=dtype, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         query, key, value = jnp.split(self.qkv(x), 3, axis=-1)  # 3 x [B, T, D]
-        return self.out(layers.attention(query, key, value, self.num_heads))
+        attended = layers.attention(
+            query, key, value, self.num_heads, implementation=self.attention_impl
+        )
+        return self.out(attended)
 
 
 class DiTBlock(nnx.Module):
@@ -212,11 +222,17 @@ class DiTBlock(nnx.Module):
         mlp_width = int(hidden * config.mlp_ratio)
         common = dict(dtype=DTYPES[config.dtype], rngs=rngs)
         self.norm_attention = _layer_norm(hidden, affine=False, **common)
-        self.attention = SelfAttention(hidden, heads, **common)
+        impl = config.attention_impl
+        self.attention = SelfAttention(hidden, heads, attention_impl=impl, **common)
         if config.context_dim is not None:
             self.norm_cross = _layer_norm(hidden, affine=True, **common)
             self.cross_attention = layers.MultiHeadAttention(
-                hidden, config.context_dim, num_heads=heads, zero_init_out=True, **common
+                hidden,
+                config.context_dim,
+                num_heads=heads,
+                zero_init_out=True,
+                attention_impl=impl,
+                **common,
             )
         else:
             self.norm_cross = self.cross_attention = None

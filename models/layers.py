@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from models import conv as conv_kernels
 from models.logical import constrain
 
 # Ho et al. 2020 initialise with variance scaling over fan_avg (Glorot/Xavier uniform).
@@ -21,7 +22,12 @@ zeros = nnx.initializers.zeros_init()
 ones = nnx.initializers.ones_init()
 
 CONV_AXES = (None, None, "conv_in", "conv_out")
+# model.conv_impl: how convolutions run (models/conv.py); 'dots' is the fast path on CPU.
+CONV_IMPLS = {"xla": jax.lax.conv_general_dilated, "dots": conv_kernels.conv_general_dilated}
 DENSE_AXES = ("embed", "mlp")
+# model.attention_impl: `implementation=` of jax.nn.dot_product_attention. None lets JAX choose;
+# "cudnn" (fused flash attention) needs a GPU and bf16 / fp16 inputs.
+ATTENTION_IMPLS = (None, "xla", "cudnn")
 
 
 def partitioned(init, names: tuple[str | None, ...]):
@@ -65,9 +71,10 @@ def conv(
     stride: int = 1,
     zero_init: bool = False,
     dtype=jnp.float32,
+    impl: str = "xla",
     rngs: nnx.Rngs,
 ) -> nnx.Conv:
-    """A square conv with 'SAME' padding and named kernel/bias axes."""
+    """A square conv with 'SAME' padding and named kernel/bias axes; `impl` is a CONV_IMPLS key."""
     return nnx.Conv(
         in_channels,
         out_channels,
@@ -77,6 +84,7 @@ def conv(
         kernel_init=partitioned(zeros if zero_init else default_kernel_init, CONV_AXES),
         bias_init=partitioned(zeros, ("conv_out",)),
         dtype=dtype,
+        conv_general_dilated=CONV_IMPLS[impl],
         rngs=rngs,
     )
 
@@ -139,18 +147,20 @@ class ResBlock(nnx.Module):
         num_groups: int,
         dropout: float,
         dtype=jnp.float32,
+        conv_impl: str = "xla",
         rngs: nnx.Rngs,
     ):
+        convs = dict(dtype=dtype, impl=conv_impl, rngs=rngs)
         self.norm1 = group_norm(in_channels, num_groups, dtype=dtype, rngs=rngs)
-        self.conv1 = conv(in_channels, out_channels, dtype=dtype, rngs=rngs)
+        self.conv1 = conv(in_channels, out_channels, **convs)
         self.embed_proj = dense(embed_dim, out_channels, dtype=dtype, rngs=rngs)
         self.norm2 = group_norm(out_channels, num_groups, dtype=dtype, rngs=rngs)
         self.dropout = nnx.Dropout(dropout, rngs=rngs)
         # Zero-initialised last conv, so each block starts as the identity: Ho et al.'s code
         # (`init_scale=0.`) and Dhariwal & Nichol 2021 (`zero_module`) both do this.
-        self.conv2 = conv(out_channels, out_channels, zero_init=True, dtype=dtype, rngs=rngs)
+        self.conv2 = conv(out_channels, out_channels, zero_init=True, **convs)
         self.skip = (
-            conv(in_channels, out_channels, kernel=1, dtype=dtype, rngs=rngs)
+            conv(in_channels, out_channels, kernel=1, **convs)
             if in_channels != out_channels
             else None
         )
@@ -173,9 +183,11 @@ class AttentionBlock(nnx.Module):
         num_heads: int,
         num_groups: int,
         dtype=jnp.float32,
+        attention_impl: str | None = None,
         rngs: nnx.Rngs,
     ):
         self.num_heads = num_heads
+        self.attention_impl = attention_impl
         self.norm = group_norm(channels, num_groups, dtype=dtype, rngs=rngs)
         qkv = dict(axes=("embed", "heads"), dtype=dtype, rngs=rngs)
         self.query = dense(channels, channels, **qkv)
@@ -189,7 +201,13 @@ class AttentionBlock(nnx.Module):
         """Context arguments are accepted (and unused) so every attention block is called alike."""
         batch, height, width, channels = x.shape
         h = self.norm(x).reshape(batch, height * width, channels)
-        attended = attention(self.query(h), self.key(h), self.value(h), self.num_heads)
+        attended = attention(
+            self.query(h),
+            self.key(h),
+            self.value(h),
+            self.num_heads,
+            implementation=self.attention_impl,
+        )
         return x + self.out(attended).reshape(x.shape)
 
 
@@ -216,9 +234,11 @@ class MultiHeadAttention(nnx.Module):
         num_heads: int,
         zero_init_out: bool = False,
         dtype=jnp.float32,
+        attention_impl: str | None = None,
         rngs: nnx.Rngs,
     ):
         self.num_heads = num_heads
+        self.attention_impl = attention_impl
         self.query = dense(channels, channels, axes=("embed", "heads"), dtype=dtype, rngs=rngs)
         self.key = dense(source_dim, channels, axes=("embed", "heads"), dtype=dtype, rngs=rngs)
         self.value = dense(source_dim, channels, axes=("embed", "heads"), dtype=dtype, rngs=rngs)
@@ -236,7 +256,12 @@ class MultiHeadAttention(nnx.Module):
     ) -> jax.Array:
         source = x if source is None else source
         attended = attention(
-            self.query(x), self.key(source), self.value(source), self.num_heads, mask
+            self.query(x),
+            self.key(source),
+            self.value(source),
+            self.num_heads,
+            mask,
+            implementation=self.attention_impl,
         )
         return self.out(attended)
 
@@ -271,17 +296,17 @@ class SpatialTransformer(nnx.Module):
         num_heads: int,
         num_groups: int,
         dtype=jnp.float32,
+        attention_impl: str | None = None,
         rngs: nnx.Rngs,
     ):
         common = dict(dtype=dtype, rngs=rngs)
+        heads = dict(num_heads=num_heads, attention_impl=attention_impl, **common)
         self.norm = group_norm(channels, num_groups, **common)
         self.proj_in = dense(channels, channels, axes=("embed", "mlp"), **common)
         self.norm_self = layer_norm(channels, **common)
-        self.self_attention = MultiHeadAttention(channels, channels, num_heads=num_heads, **common)
+        self.self_attention = MultiHeadAttention(channels, channels, **heads)
         self.norm_cross = layer_norm(channels, **common)
-        self.cross_attention = MultiHeadAttention(
-            channels, context_dim, num_heads=num_heads, **common
-        )
+        self.cross_attention = MultiHeadAttention(channels, context_dim, **heads)
         self.norm_ff = layer_norm(channels, **common)
         self.feed_forward = GEGLU(channels, **common)
         self.proj_out = dense(channels, channels, axes=("mlp", "embed"), zero_init=True, **common)
@@ -310,8 +335,13 @@ def attention(
     value: jax.Array,
     num_heads: int,
     mask: jax.Array | None = None,
+    *,
+    implementation: str | None = None,
 ) -> jax.Array:
-    """Scaled dot-product attention [B, T, C] x [B, S, C] -> [B, T, C] split into heads."""
+    """Scaled dot-product attention [B, T, C] x [B, S, C] -> [B, T, C] split into heads.
+
+    `implementation` is an ATTENTION_IMPLS entry (jax.nn.dot_product_attention's argument).
+    """
     batch, length, channels = query.shape
     head_dim = channels // num_heads
     per_head = ("batch", None, "heads", None)  # each tensor-parallel device keeps its heads
@@ -319,15 +349,17 @@ def attention(
     def split(a: jax.Array) -> jax.Array:
         return constrain(a.reshape(a.shape[0], a.shape[1], num_heads, head_dim), per_head)
 
-    out = jax.nn.dot_product_attention(split(query), split(key), split(value), mask=mask)
+    out = jax.nn.dot_product_attention(
+        split(query), split(key), split(value), mask=mask, implementation=implementation
+    )
     return constrain(out, per_head).reshape(batch, length, channels)
 
 
 class Downsample(nnx.Module):
     """3x3 conv with stride 2 (TensorFlow 'SAME' padding, as Ho et al.)."""
 
-    def __init__(self, channels: int, *, dtype=jnp.float32, rngs: nnx.Rngs):
-        self.conv = conv(channels, channels, stride=2, dtype=dtype, rngs=rngs)
+    def __init__(self, channels: int, *, dtype=jnp.float32, conv_impl="xla", rngs: nnx.Rngs):
+        self.conv = conv(channels, channels, stride=2, dtype=dtype, impl=conv_impl, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return self.conv(x)
@@ -336,8 +368,8 @@ class Downsample(nnx.Module):
 class Upsample(nnx.Module):
     """Nearest-neighbour x2 then a 3x3 conv."""
 
-    def __init__(self, channels: int, *, dtype=jnp.float32, rngs: nnx.Rngs):
-        self.conv = conv(channels, channels, dtype=dtype, rngs=rngs)
+    def __init__(self, channels: int, *, dtype=jnp.float32, conv_impl="xla", rngs: nnx.Rngs):
+        self.conv = conv(channels, channels, dtype=dtype, impl=conv_impl, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return self.conv(jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2))

@@ -32,6 +32,8 @@ class UNetConfig:
     pooled_dim: int | None = None  # a pooled text embedding added to the timestep embedding
     dtype: str = "float32"
     remat: bool = False  # recompute each ResBlock's / attention block's activations in backward
+    attention_impl: str | None = None  # layers.ATTENTION_IMPLS: None (JAX chooses) | xla | cudnn
+    conv_impl: str = "xla"  # 'dots': 1x1 convs and 3x3 kernel gradients as matmuls (fast on CPU)
 
     @property
     def resolutions(self) -> tuple[int, ...]:
@@ -87,6 +89,15 @@ class UNetConfig:
                 raise ValueError(f"{name}={value} must be a positive int or None (unconditional).")
         if self.dtype not in DTYPES:
             raise ValueError(f"model.dtype={self.dtype!r} is not one of {sorted(DTYPES)}.")
+        if self.attention_impl not in layers.ATTENTION_IMPLS:
+            raise ValueError(
+                f"model.attention_impl={self.attention_impl!r} is not known; allowed: "
+                f"{', '.join(map(repr, layers.ATTENTION_IMPLS))}."
+            )
+        if self.conv_impl not in layers.CONV_IMPLS:
+            raise ValueError(
+                f"model.conv_impl={self.conv_impl!r} is not one of {sorted(layers.CONV_IMPLS)}."
+            )
 
 
 class UNet(nnx.Module):
@@ -97,9 +108,14 @@ class UNet(nnx.Module):
         self.config = config
         dtype = DTYPES[config.dtype]
         base, embed_dim = config.base_channels, 4 * config.base_channels
-        block = dict(num_groups=config.num_groups, dropout=config.dropout, dtype=dtype, rngs=rngs)
+        convs = dict(dtype=dtype, conv_impl=config.conv_impl, rngs=rngs)
+        block = dict(num_groups=config.num_groups, dropout=config.dropout, **convs)
         attn = dict(
-            num_heads=config.num_heads, num_groups=config.num_groups, dtype=dtype, rngs=rngs
+            num_heads=config.num_heads,
+            num_groups=config.num_groups,
+            dtype=dtype,
+            attention_impl=config.attention_impl,
+            rngs=rngs,
         )
 
         def attention_block(channels: int) -> nnx.Module:
@@ -126,7 +142,9 @@ class UNet(nnx.Module):
             if config.pooled_dim is not None
             else None
         )
-        self.conv_in = layers.conv(config.in_channels, base, dtype=dtype, rngs=rngs)
+        self.conv_in = layers.conv(
+            config.in_channels, base, dtype=dtype, impl=config.conv_impl, rngs=rngs
+        )
 
         # Down path: remember the channels of every feature map that becomes a skip connection.
         skip_channels = [base]
@@ -142,7 +160,7 @@ class UNet(nnx.Module):
                 self.down_attn.append(attention_block(channels) if use_attn else None)
                 skip_channels.append(channels)
             if level < len(config.channel_mult) - 1:
-                self.downsamplers.append(layers.Downsample(channels, dtype=dtype, rngs=rngs))
+                self.downsamplers.append(layers.Downsample(channels, **convs))
                 skip_channels.append(channels)
 
         self.mid_block1 = layers.ResBlock(channels, channels, embed_dim, **block)
@@ -162,11 +180,16 @@ class UNet(nnx.Module):
                 channels = out
                 self.up_attn.append(attention_block(channels) if use_attn else None)
             if level > 0:
-                self.upsamplers.append(layers.Upsample(channels, dtype=dtype, rngs=rngs))
+                self.upsamplers.append(layers.Upsample(channels, **convs))
 
         self.norm_out = layers.group_norm(channels, config.num_groups, dtype=dtype, rngs=rngs)
         self.conv_out = layers.conv(
-            channels, config.out_channels, zero_init=True, dtype=dtype, rngs=rngs
+            channels,
+            config.out_channels,
+            zero_init=True,
+            dtype=dtype,
+            impl=config.conv_impl,
+            rngs=rngs,
         )
 
     def __call__(

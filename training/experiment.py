@@ -43,6 +43,7 @@ class Experiment:
     mesh: Mesh
     sharding_rules: tuple[tuple[str, str], ...] = ()  # logical axis -> mesh axis, in order
     sequence_parallel: bool = False  # residual stream split by tokens over 'tensor'
+    donate_state: bool = True  # the train step reuses the input state's buffers
     flow_shift: float = 1.0
     conditioning: ConditioningConfig = ConditioningConfig()
     num_classes: int = 0
@@ -122,6 +123,7 @@ def build_experiment(
         mesh=mesh,
         sharding_rules=sharding_rules,
         sequence_parallel=mesh_config.sequence_parallel,
+        donate_state=config.training.donate_state,
         conditioning=cond,
         num_classes=num_classes,
         text_encoder=encoder,

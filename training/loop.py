@@ -13,7 +13,7 @@ from absl import logging
 from clu import metric_writers, periodic_actions
 
 import sharding
-from input_pipeline import pipeline
+from input_pipeline import device_prefetch, pipeline
 from models.functional import init_params
 from training import checkpointing, conditioning, images, nonfinite, preemption
 from training.experiment import Experiment, build_experiment
@@ -75,7 +75,8 @@ def _init_state(experiment: Experiment, seed: int) -> TrainState:
 
 
 def make_train_step(experiment: Experiment, shardings: TrainState):
-    """The jitted train step for this experiment: state donated, batch split on the batch axes."""
+    """The jitted train step for this experiment: batch split on the batch axes, the state
+    donated unless `training.donate_state` is False."""
     batch_sharding = sharding.batch_sharding(experiment.mesh)
     return jit_train_step(
         shardings,
@@ -87,6 +88,7 @@ def make_train_step(experiment: Experiment, shardings: TrainState):
         learning_rate_fn=experiment.learning_rate_fn,
         config=experiment.step_config,
         sequence_parallel=experiment.sequence_parallel,
+        donate_state=experiment.donate_state,
     )
 
 
@@ -135,7 +137,8 @@ def flatten_config(config: ml_collections.ConfigDict) -> dict[str, object]:
         if isinstance(value, ml_collections.ConfigDict):
             flat.update({f"{key}.{k}": v for k, v in flatten_config(value).items()})
         else:
-            flat[key] = str(value) if isinstance(value, (tuple, list)) else value
+            # TensorBoard's hparams take bool / int / float / str only.
+            flat[key] = str(value) if value is None or isinstance(value, (tuple, list)) else value
     return flat
 
 
@@ -150,6 +153,13 @@ def summarize(
     summary = {k: float(np.mean([m[k] for m in finite])) for k in finite[0] if k != "nonfinite"}
     summary["skipped_steps"] = float(skipped)
     return summary
+
+
+def _to_device(experiment: Experiment, host_batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+    """A host batch as global arrays on the experiment's mesh (free text embedded first)."""
+    if experiment.text_encoder is not None:  # free-text datasets: embed on the host
+        host_batch = conditioning.encode_batch_text(experiment.text_encoder, host_batch)
+    return sharding.host_batch_to_global(host_batch, experiment.mesh)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
@@ -195,15 +205,15 @@ def _train(
     )
     # Progress/ETA log lines; the scalar steps/s below excludes sampling and checkpoint time.
     report = periodic_actions.ReportProgress(num_train_steps=config.num_train_steps, every_secs=60)
+    batches = device_prefetch.prefetch_to_device(
+        batches, experiment.data.device_prefetch, functools.partial(_to_device, experiment)
+    )
     guard = nonfinite.NonFiniteGuard(config.training.nonfinite_policy, manager)
     pending: list[tuple[int, dict[str, jax.Array]]] = []  # (step, metrics) not yet fetched
     interval_start, interval_steps = time.perf_counter(), 0
     for step in range(start_step + 1, config.num_train_steps + 1):
         with jax.profiler.StepTraceAnnotation("train", step_num=step):
-            host_batch = next(batches)
-            if experiment.text_encoder is not None:  # free-text datasets: embed on the host
-                host_batch = conditioning.encode_batch_text(experiment.text_encoder, host_batch)
-            batch = sharding.host_batch_to_global(host_batch, mesh)
+            batch = next(batches)  # put on the devices data.device_prefetch steps ahead
             state, metrics = train_step(state, batch, experiment.caption_bank)
         pending.append((step, metrics))
         interval_steps += 1

@@ -187,12 +187,15 @@ def jit_train_step(
     metrics_sharding,
     *,
     sequence_parallel: bool = False,
+    donate_state: bool = True,
     **static,
 ):
-    """Compiles `train_step` once with explicit in/out shardings and the state buffers donated.
+    """Compiles `train_step` once with explicit in/out shardings.
 
     The step is called as `step(state, batch, bank)`; the text bank (or None) is replicated.
-    Activations follow `sharding.activation_rules(sequence_parallel)` on the batch's mesh.
+    Activations follow `sharding.activation_rules(sequence_parallel)` on the batch's mesh. With
+    `donate_state` the input state's buffers are donated (the new state reuses them, and the
+    state passed in must not be used again); without it both states live until the old is freed.
     """
     mesh = batch_sharding.mesh
 
@@ -206,5 +209,5 @@ def jit_train_step(
         step,
         in_shardings=(state_sharding, batch_sharding, replicated),
         out_shardings=(state_sharding, metrics_sharding),
-        donate_argnums=0,
+        donate_argnums=0 if donate_state else (),
     )

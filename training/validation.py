@@ -43,6 +43,7 @@ RUN_FIELDS = {
     "checkpoint_every_steps": int,
     "sample_every_steps": int,
     "max_checkpoints_to_keep": int,
+    "compilation_cache_dir": str,
 }
 DIFFUSION_FIELDS = {
     "process": str,
@@ -54,7 +55,7 @@ DIFFUSION_FIELDS = {
     "prediction": str,
 }
 TEXT_ENCODER_FIELDS = {"name": str, "path": str, "max_length": int}
-TRAINING_FIELDS = {"grad_accumulation_steps": int, "nonfinite_policy": str}
+TRAINING_FIELDS = {"grad_accumulation_steps": int, "nonfinite_policy": str, "donate_state": bool}
 # Upper bounds on sizes that are allocated whole on the host before training starts (the
 # schedule's arrays, the sampling batch): far above any published setting, well below memory.
 MAX_TIMESTEPS = 100_000
@@ -298,12 +299,32 @@ def validate_model(
             context_dim=text_width,
             pooled_dim=text_width,
         )
+    validate_attention_impl(model_config)
     if getattr(model_config, "learn_sigma", False):
         raise ConfigError(
             "model.learn_sigma=True doubles the output channels for a learned variance, which "
             "the training loss does not use; set model.learn_sigma=False."
         )
     return model_config
+
+
+def validate_attention_impl(model_config: registry.ModelConfig) -> None:
+    """model.attention_impl='cudnn' (known to the model's config) against the dtype and backend:
+    cuDNN's fused attention takes bf16 / fp16 only and runs only on a GPU."""
+    if model_config.attention_impl != "cudnn":
+        return
+    if model_config.dtype != "bfloat16":
+        raise ConfigError(
+            f"model.attention_impl='cudnn' needs model.dtype='bfloat16' (cuDNN's fused attention "
+            f"takes bf16 / fp16), got model.dtype={model_config.dtype!r}; with float32 allowed: "
+            "None, 'xla'."
+        )
+    backend = jax.default_backend()
+    if backend != "gpu":
+        raise ConfigError(
+            f"model.attention_impl='cudnn' needs a GPU, but JAX's backend is {backend!r}; "
+            "allowed here: None, 'xla'."
+        )
 
 
 def validate_sampler(

@@ -315,11 +315,30 @@ def test_fsdp_shards_the_stacked_blocks_but_never_the_layers_axis():
         ({"dropout": 1.0}, r"model\.dropout=1.0 must be in \[0, 1\)"),
         ({"num_classes": 0}, r"model\.num_classes=0 must be a positive int or None"),
         ({"dtype": "float16"}, r"model\.dtype='float16' is not one of \['bfloat16', 'float32'\]"),
+        (
+            {"attention_impl": "flash"},
+            r"model\.attention_impl='flash' is not known; allowed: None, 'xla', 'cudnn'",
+        ),
     ],
 )
 def test_invalid_configs_are_explained(changes, match):
     with pytest.raises(ValueError, match=match):
         DiTConfig(**changes).validate()
+
+
+def test_xla_attention_impl_gives_the_same_output_as_jaxs_choice():
+    """Self-attention and cross-attention to the text tokens both take the setting."""
+    model, apply = _network(_tiny(num_classes=None, pooled_dim=None))
+    _, apply_xla = _network(_tiny(num_classes=None, pooled_dim=None, attention_impl="xla"))
+    params = _random_params(model)
+    x, t = _inputs()
+    context = jax.random.normal(jax.random.key(1), (2, 5, 12))
+    np.testing.assert_allclose(
+        apply_xla(params, x, t, context=context),
+        apply(params, x, t, context=context),
+        rtol=1e-6,
+        atol=1e-6,
+    )
 
 
 def test_registry_builds_a_dit_from_the_model_config():

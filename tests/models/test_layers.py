@@ -43,6 +43,32 @@ def test_attention_matches_explicit_softmax():
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("with_mask", [False, True])
+def test_xla_attention_impl_matches_jaxs_choice(with_mask):
+    q, k, v = (jax.random.normal(jax.random.key(i), (2, 5, 8)) for i in range(3))
+    mask = jnp.array([True, True, False, True, False])[None, None, None, :] if with_mask else None
+    chosen = layers.attention(q, k, v, num_heads=2, mask=mask)
+    xla = layers.attention(q, k, v, num_heads=2, mask=mask, implementation="xla")
+    np.testing.assert_allclose(xla, chosen, rtol=1e-6, atol=1e-6)
+
+
+def test_attention_modules_pass_their_impl_on():
+    x = jax.random.normal(jax.random.key(0), (1, 16, 8))  # [B, T, C]
+    source = jax.random.normal(jax.random.key(1), (1, 3, 6))  # [B, S, C']
+    plain = layers.MultiHeadAttention(8, 6, num_heads=2, rngs=nnx.Rngs(0))
+    xla = layers.MultiHeadAttention(8, 6, num_heads=2, attention_impl="xla", rngs=nnx.Rngs(0))
+    assert xla.attention_impl == "xla" and plain.attention_impl is None
+    out = plain(x, source)
+    assert not np.allclose(out, 0.0)
+    np.testing.assert_allclose(xla(x, source), out, rtol=1e-6, atol=1e-6)
+    # Built anywhere; only a call would need cuDNN.
+    common = dict(num_heads=2, num_groups=4, attention_impl="cudnn", rngs=nnx.Rngs(0))
+    assert layers.AttentionBlock(8, **common).attention_impl == "cudnn"
+    spatial = layers.SpatialTransformer(8, 6, **common)
+    assert spatial.self_attention.attention_impl == "cudnn"
+    assert spatial.cross_attention.attention_impl == "cudnn"
+
+
 def test_resample_shapes_and_every_param_is_named():
     rngs = nnx.Rngs(0)
     x = jnp.ones((1, 8, 8, 16))

@@ -195,11 +195,28 @@ def test_pooled_text_embedding_conditions_the_output():
         ({"channel_mult": ()}, r"model\.channel_mult=\(\) needs >= 1 positive entries"),
         ({"base_channels": 2, "num_groups": 1}, r"model\.base_channels=2 must be >= 4"),
         ({"dtype": "float16"}, r"model\.dtype='float16' is not one of \['bfloat16', 'float32'\]"),
+        (
+            {"attention_impl": "flash"},
+            r"model\.attention_impl='flash' is not known; allowed: None, 'xla', 'cudnn'",
+        ),
     ],
 )
 def test_invalid_configs_are_explained(changes, match):
     with pytest.raises(ValueError, match=match):
         UNetConfig(**changes).validate()
+
+
+@pytest.mark.parametrize("context_dim", [None, 12], ids=["ddpm_attention", "spatial_transformer"])
+def test_xla_attention_impl_gives_the_same_output_as_jaxs_choice(context_dim):
+    chosen, apply, _ = _network(_tiny(context_dim=context_dim))
+    _, apply_xla, _ = _network(_tiny(context_dim=context_dim, attention_impl="xla"))
+    params = _random_params(chosen, 0)
+    x = jax.random.normal(jax.random.key(0), (2, 8, 8, 1))
+    t = jnp.array([10, 500])
+    cond = {} if context_dim is None else {"context": jnp.ones((2, 3, context_dim))}
+    np.testing.assert_allclose(
+        apply_xla(params, x, t, **cond), apply(params, x, t, **cond), rtol=1e-6, atol=1e-6
+    )
 
 
 def test_remat_gives_the_same_output_and_gradients():

@@ -140,3 +140,32 @@ def test_a_missing_dataset_stops_the_run_before_the_state_is_initialised(
     tiny_config.model.attention_resolutions = (16,)
     with pytest.raises(errors.ConfigError, match="data.data_dir="):
         loop.train_and_evaluate(tiny_config, str(tmp_path / "run"))
+
+
+def test_device_prefetch_feeds_every_step_the_same_batch(fast_loop_config, tmp_path, monkeypatch):
+    """data.device_prefetch only moves the host -> device copies earlier: with batches put two
+    steps ahead each step sees the batch it sees without prefetching (exact resume needs it)."""
+    config = fast_loop_config
+    config.num_train_steps, config.log_every_steps, config.checkpoint_every_steps = 3, 3, 3
+    counting_step = loop.make_train_step  # tests/training/conftest.py's stand-in
+    seen: list[np.ndarray] = []
+
+    def recording_step(experiment, shardings):
+        step = counting_step(experiment, shardings)
+
+        def run(state, batch, bank):
+            seen.append(np.asarray(batch["image"]))
+            return step(state, batch, bank)
+
+        return run
+
+    monkeypatch.setattr(loop, "make_train_step", recording_step)
+    runs = {}
+    for prefetch in (0, 2):
+        config.data.device_prefetch = prefetch
+        loop.train_and_evaluate(config, str(tmp_path / f"prefetch_{prefetch}"))
+        runs[prefetch], seen[:] = list(seen), []
+    assert len(runs[0]) == len(runs[2]) == 3
+    for without, with_prefetch in zip(runs[0], runs[2], strict=True):
+        np.testing.assert_array_equal(with_prefetch, without)
+    assert not np.array_equal(runs[0][0], runs[0][1])  # the batches do differ step to step

@@ -27,6 +27,9 @@ def test_sigterm_mid_run_saves_that_step_and_returns(
     handler, calls = sentinel_handler
     config = fast_loop_config
     config.num_train_steps = 6
+    # The hook runs when step 3's batch is drawn: just before step 3 only when batches are not
+    # drawn ahead for the devices.
+    config.data.device_prefetch = 0
 
     def preempt(batch):  # the scheduler's notice arrives while step 3 runs
         os.kill(os.getpid(), signal.SIGTERM)

@@ -1,6 +1,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from sklearn.datasets import load_digits
 
 import sharding
@@ -110,3 +111,31 @@ def test_nonfinite_batch_skips_the_update_but_advances_the_step(tiny_config):
             strict=True,
         ):
             np.testing.assert_array_equal(a, b, err_msg=field)
+
+
+@pytest.mark.parametrize("donate", [True, False], ids=["donated", "kept"])
+def test_donate_state_frees_or_keeps_the_input_state(tiny_config, donate):
+    """training.donate_state: the step reuses the input state's buffers, or leaves them alive."""
+    tiny_config.training.donate_state = donate
+    tiny_config.model.update(
+        base_channels=8, num_groups=4, channel_mult=(1,), attention_resolutions=()
+    )
+    previous = jax.config.read("jax_disable_most_optimizations")
+    jax.config.update("jax_disable_most_optimizations", True)  # only buffers are checked
+    try:
+        experiment = build_experiment(tiny_config)
+        state, shardings = loop.create_state(experiment, seed=0)
+        step = loop.make_train_step(experiment, shardings)
+        batch = sharding.host_batch_to_global(_digits_batch(16), experiment.mesh)
+        new_state, _ = step(state, batch, experiment.caption_bank)
+        jax.block_until_ready(new_state)
+    finally:
+        jax.config.update("jax_disable_most_optimizations", previous)
+    deleted = [leaf.is_deleted() for leaf in jax.tree.leaves(state)]
+    assert int(new_state.step) == 1
+    if donate:
+        assert all(deleted)
+    else:
+        assert not any(deleted)
+        assert int(state.step) == 0  # the old state is still readable
+        jax.tree.map(np.asarray, state)

@@ -187,6 +187,40 @@ def test_text_without_captions_needs_prompts():
     validation.validate_config(config, 8, process_count=1)
 
 
+@pytest.mark.parametrize("module", [digits_ddpm, digits_dit])
+def test_attention_impl_values_dtype_and_backend(module, monkeypatch):
+    for impl in (None, "xla"):
+        validation.validate_config(_with(module, model__attention_impl=impl), 8, process_count=1)
+    _refused(
+        _with(module, model__attention_impl="flash"),
+        r"model\.attention_impl='flash' is not known; allowed: None, 'xla', 'cudnn'",
+    )
+    _refused(
+        _with(module, model__attention_impl=1), r"model\.attention_impl=1 .*expected str or None"
+    )
+    _refused(
+        _with(module, model__attention_impl="cudnn"),
+        r"model\.attention_impl='cudnn' needs model\.dtype='bfloat16'.*got model\.dtype='float32'",
+    )
+    cudnn = _with(module, model__attention_impl="cudnn", model__dtype="bfloat16")
+    _refused(cudnn, r"model\.attention_impl='cudnn' needs a GPU, but JAX's backend is 'cpu'")
+    monkeypatch.setattr(validation.jax, "default_backend", lambda: "gpu")
+    validation.validate_config(cudnn, 8, process_count=1)
+
+
+def test_fast_path_switches_are_typed_and_bounded():
+    _refused(_with(digits_ddpm, training__donate_state=1), r"training\.donate_state=1 .*bool")
+    _refused(
+        _with(digits_ddpm, training__donate_state=DELETE), r"training\.donate_state is missing"
+    )
+    _refused(_with(digits_ddpm, data__device_prefetch=-1), r"data\.device_prefetch=-1 must be >= 0")
+    _refused(_with(digits_ddpm, data__device_prefetch=1.0), r"data\.device_prefetch=1\.0 .*int")
+    _refused(_with(digits_ddpm, compilation_cache_dir=None), r"compilation_cache_dir=None .*str")
+    config = _with(digits_ddpm, training__donate_state=False, data__device_prefetch=0)
+    config.compilation_cache_dir = "/tmp/jax_cache"
+    validation.validate_config(config, 8, process_count=1)
+
+
 def test_workdir_is_created_and_must_be_writable(tmp_path):
     workdir = tmp_path / "runs" / "a"
     validation.validate_workdir(str(workdir))

@@ -14,7 +14,8 @@ remat they include the recomputed forward. MFU counts model FLOPs (the same step
 per second over the peak of `benchmarks/peak.py`: measured in this run on CPU, the datasheet's
 dense bf16 figure on GPU / TPU, or `--peak_flops`. Each (dtype, remat) pair is a row. Run on one
 device (no XLA_FLAGS device count): FLOPs and peak are summed over the mesh's devices.
-`--breakdown` adds the forward pass, forward + backward, and whole step timed apart.
+`--breakdown` adds the forward pass, forward + backward, and whole step timed apart. The U-Net
+runs with `model.conv_impl="dots"` (models/conv.py, the CPU fast path) unless `--conv_impl=xla`.
 """
 
 from __future__ import annotations
@@ -90,21 +91,28 @@ def model_config(
     *,
     attention_impl: str | None = None,
     donate_state: bool = True,
+    conv_impl: str = "dots",
 ) -> ml_collections.ConfigDict:
     """The CIFAR config of `model` ("unet" | "dit") at one global batch, dtype and remat, with
-    `model.attention_impl` and `training.donate_state` set."""
+    `model.attention_impl`, `training.donate_state` and (U-Net) `model.conv_impl` set."""
     config = MODELS[model][1]()
     config.batch_size = batch
     config.model.dtype = dtype
     config.model.remat = remat
     config.model.attention_impl = attention_impl
     config.training.donate_state = donate_state
+    if "conv_impl" in config.model:  # the DiT has no convolutions
+        config.model.conv_impl = conv_impl
     return config
 
 
 def fast_paths(args: argparse.Namespace) -> dict[str, object]:
     """model_config's keyword arguments from the command line's fast-path switches."""
-    return {"attention_impl": args.attention_impl or None, "donate_state": args.donate_state}
+    return {
+        "attention_impl": args.attention_impl or None,
+        "donate_state": args.donate_state,
+        "conv_impl": args.conv_impl,
+    }
 
 
 def random_host_batch(experiment: Experiment, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
@@ -268,6 +276,9 @@ def parse_args() -> argparse.Namespace:
         "--attention_impl", choices=("", "xla", "cudnn"), default="", help='"": JAX chooses'
     )
     parser.add_argument(
+        "--conv_impl", choices=("dots", "xla"), default="dots", help="U-Net model.conv_impl"
+    )
+    parser.add_argument(
         "--donate_state", action=argparse.BooleanOptionalAction, default=True, help="donate state"
     )
     parser.add_argument(
@@ -337,7 +348,7 @@ def print_header(args: argparse.Namespace, peaks: dict[str, peak_lib.Peak], cach
     print(f"jax {jax.__version__}; global batch {args.batch}, median of {args.steps} steps")
     print(
         f"attention_impl {args.attention_impl or 'None (JAX chooses)'}, "
-        f"donate_state {args.donate_state}"
+        f"donate_state {args.donate_state}, U-Net conv_impl {args.conv_impl}"
     )
     for dtype, peak in peaks.items():
         print(

@@ -144,13 +144,24 @@ def lower_abstract_step(config: ml_collections.ConfigDict, devices=None) -> jax.
 def step_flops(
     config: ml_collections.ConfigDict, compiled, num_devices: int, devices=None
 ) -> float:
-    """FLOPs of one step summed over `num_devices` (XLA analyses the per-device program); a
-    scanned model is counted on its unrolled twin, since XLA counts a loop body once."""
-    if peak_lib.has_loops(compiled) and config.model.get("use_scan", False):
-        unrolled = ml_collections.ConfigDict(config.to_dict())
-        unrolled.model.use_scan = False
-        compiled = lower_abstract_step(unrolled, devices).compile()
+    """FLOPs of one step summed over `num_devices` (XLA analyses the per-device program),
+    counted on `counting_twin(config)` where the step has loops."""
+    twin = counting_twin(config)
+    if peak_lib.has_loops(compiled) and twin != config:
+        compiled = lower_abstract_step(twin, devices).compile()
     return peak_lib.cost_flops(compiled) * num_devices
+
+
+def counting_twin(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The same arithmetic in a form XLA's cost analysis counts whole: it counts a loop body
+    once, so scanned blocks are unrolled and models/conv.py's scanned kernel gradients are
+    replaced by lax's convolutions."""
+    twin = ml_collections.ConfigDict(config.to_dict())
+    if twin.model.get("use_scan", False):
+        twin.model.use_scan = False
+    if twin.model.get("conv_impl", "xla") != "xla":
+        twin.model.conv_impl = "xla"
+    return twin
 
 
 def measure_train_step(
@@ -248,6 +259,12 @@ def phase_breakdown(
         compiled = jax.jit(fn).lower(*args).compile()
         rows.append((name, peak_lib.cost_flops(compiled), median_seconds(compiled, args, steps)))
     del state, batch, args
+    twin = counting_twin(config)
+    if twin != config:  # count what the phases compute, not the loop bodies once
+        twin_rows = phase_breakdown(twin, 1, devices)
+        rows = [
+            (name, flops, row[2]) for row, (name, flops, _) in zip(rows, twin_rows, strict=False)
+        ]
     whole = measure_train_step(config, steps=steps, devices=devices)
     return [*rows, ("whole step", whole.flops, whole.step_s)]
 

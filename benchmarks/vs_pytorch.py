@@ -62,13 +62,19 @@ CONTENDED = 0.1  # a block whose CPU wait (see `cpu_stall_us`) exceeds this is f
 
 
 def bench_config(
-    batch: int, sample_steps: int, base_channels: int | None = None, conv_impl: str = "dots"
+    batch: int,
+    sample_steps: int,
+    base_channels: int | None = None,
+    conv_impl: str = "dots",
+    donate_state: bool = False,
 ):
-    """configs/cifar_ddpm.py at one global batch, sampling `batch` images with DDIM; `conv_impl`
-    "dots" is the CPU fast path of models/conv.py, "xla" plain lax convolutions."""
+    """configs/cifar_ddpm.py at one global batch, sampling `batch` images with DDIM, with this
+    CPU's fast paths by default: `conv_impl` "dots" (models/conv.py; "xla": lax convolutions)
+    and no state donation (the step is about 11% faster on CPU without it; docs/PERFORMANCE.md)."""
     config = cifar_ddpm.get_config()
     config.batch_size = batch
     config.model.conv_impl = conv_impl
+    config.training.donate_state = donate_state
     if base_channels:
         config.model.base_channels = base_channels
     config.sampler.name = "ddim"
@@ -262,6 +268,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=1, help="untimed calls (JAX: compiles)")
     parser.add_argument("--base_channels", type=int, default=0, help="0: the config's 128")
     parser.add_argument("--conv_impl", choices=("dots", "xla"), default="dots", help="ours")
+    parser.add_argument(
+        "--donate_state", action=argparse.BooleanOptionalAction, default=False, help="ours"
+    )
     parser.add_argument("--skip_train", action="store_true")
     parser.add_argument("--skip_sample", action="store_true")
     parser.add_argument("--breakdown", action="store_true", help="forward / backward / conv times")
@@ -292,7 +301,8 @@ def main() -> None:
     print(
         f"U-Net base {model.base_channels}: params ours {ours_n:,}, diffusers {theirs_n:,}", end=""
     )
-    print(f" (difference {ours_n - theirs_n}); ours with model.conv_impl={args.conv_impl!r}")
+    print(f" (difference {ours_n - theirs_n})")
+    print(f"ours: model.conv_impl={args.conv_impl!r}, training.donate_state={args.donate_state}")
     print(f"PyTorch flop counter per image: forward {forward_flops / 1e9:.2f} G, ", end="")
     print(f"forward + backward {train_flops / 1e9:.2f} G")
     if not args.skip_train:

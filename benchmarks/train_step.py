@@ -231,6 +231,21 @@ def loss_inputs(experiment: Experiment, batch: dict, key: jax.Array) -> dict:
     return {"image": batch["image"], "draws": draws, "cond": cond}
 
 
+def experiment_loss(experiment: Experiment):
+    """The train step's loss as `loss(params, batch, key)` (dropout on), to time its phases."""
+    loss_fn = functools.partial(
+        train_step_lib.diffusion_loss,
+        model=experiment.model,
+        schedule=experiment.schedule,
+        config=experiment.step_config,
+    )
+
+    def loss(params, batch, key):
+        return loss_fn(params, loss_inputs(experiment, batch, key), key)[0]
+
+    return loss
+
+
 def phase_breakdown(
     config: ml_collections.ConfigDict, steps: int, devices=None
 ) -> list[tuple[str, float, float]]:
@@ -243,16 +258,7 @@ def phase_breakdown(
     state, _ = loop.create_state(experiment, seed=0)
     host_batch = random_host_batch(experiment, config.batch_size)
     batch = sharding.host_batch_to_global(host_batch, experiment.mesh)
-    loss_fn = functools.partial(
-        train_step_lib.diffusion_loss,
-        model=experiment.model,
-        schedule=experiment.schedule,
-        config=experiment.step_config,
-    )
-
-    def forward(params, batch, key):
-        return loss_fn(params, loss_inputs(experiment, batch, key), key)[0]
-
+    forward = experiment_loss(experiment)
     args = (state.params, batch, jax.random.key(0))
     rows = []
     for name, fn in (("forward", forward), ("forward + backward", jax.grad(forward))):

@@ -3,7 +3,6 @@ backward, the eval forward) and the speed of one lone 3x3 conv in XLA and in PyT
 
 from __future__ import annotations
 
-import functools
 import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -13,9 +12,8 @@ import jax.numpy as jnp
 
 from benchmarks import peak
 from benchmarks.contention import fmt_load, fmt_wait, waited
-from benchmarks.train_step import loss_inputs, median_seconds
+from benchmarks.train_step import experiment_loss, median_seconds
 from models import conv as conv_kernels
-from training import train_step as train_step_lib
 
 if TYPE_CHECKING:
     from benchmarks.vs_pytorch import JaxSide, TorchSide
@@ -31,15 +29,7 @@ def jax_phases(ours: JaxSide) -> dict[str, Callable[[], object]]:
     """Our loss forward (train mode), its forward + backward, and one eval forward of the
     network (what each sampling step runs), each jitted on its own, as no-argument calls."""
     experiment = ours.experiment
-    loss_fn = functools.partial(
-        train_step_lib.diffusion_loss,
-        model=experiment.model,
-        schedule=experiment.schedule,
-        config=experiment.step_config,
-    )
-
-    def loss(params, batch, key):
-        return loss_fn(params, loss_inputs(experiment, batch, key), key)[0]
+    loss = experiment_loss(experiment)
 
     def network(params, x):
         return experiment.model.apply(params, x, jnp.full((x.shape[0],), 500))

@@ -1,3 +1,5 @@
+import contextlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -75,16 +77,23 @@ def test_sharded_step_on_8_devices_equals_one_device(tiny_config):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
 
 
-def test_nonfinite_batch_skips_the_update_but_advances_the_step(tiny_config):
-    tiny_config.model.update(
-        base_channels=8, num_groups=4, channel_mult=(1,), attention_resolutions=()
-    )
+@contextlib.contextmanager
+def _smallest_step(config):
+    """(experiment, state, step) of a one-level 8-channel U-Net, compiled with XLA's
+    optimisations off (fast to build; for tests that compare nothing numerically close)."""
+    config.model.update(base_channels=8, num_groups=4, channel_mult=(1,), attention_resolutions=())
     previous = jax.config.read("jax_disable_most_optimizations")
-    jax.config.update("jax_disable_most_optimizations", True)  # nothing numeric compared closely
+    jax.config.update("jax_disable_most_optimizations", True)
     try:
-        experiment = build_experiment(tiny_config)
+        experiment = build_experiment(config)
         state, shardings = loop.create_state(experiment, seed=0)
-        step = loop.make_train_step(experiment, shardings)
+        yield experiment, state, loop.make_train_step(experiment, shardings)
+    finally:
+        jax.config.update("jax_disable_most_optimizations", previous)
+
+
+def test_nonfinite_batch_skips_the_update_but_advances_the_step(tiny_config):
+    with _smallest_step(tiny_config) as (experiment, state, step):
         host = _digits_batch(tiny_config.batch_size)
         before = jax.device_get(state)  # host copies: the step donates the state's buffers
         state, metrics = step(
@@ -99,8 +108,6 @@ def test_nonfinite_batch_skips_the_update_but_advances_the_step(tiny_config):
         state, metrics = step(
             state, sharding.host_batch_to_global(host, experiment.mesh), experiment.caption_bank
         )
-    finally:
-        jax.config.update("jax_disable_most_optimizations", previous)
     skipped = jax.device_get(state)
     assert float(metrics["nonfinite"]) == 1.0 and not np.isfinite(float(metrics["loss"]))
     assert int(skipped.step) == 2  # the data position and the step's RNG still move on
@@ -117,20 +124,10 @@ def test_nonfinite_batch_skips_the_update_but_advances_the_step(tiny_config):
 def test_donate_state_frees_or_keeps_the_input_state(tiny_config, donate):
     """training.donate_state: the step reuses the input state's buffers, or leaves them alive."""
     tiny_config.training.donate_state = donate
-    tiny_config.model.update(
-        base_channels=8, num_groups=4, channel_mult=(1,), attention_resolutions=()
-    )
-    previous = jax.config.read("jax_disable_most_optimizations")
-    jax.config.update("jax_disable_most_optimizations", True)  # only buffers are checked
-    try:
-        experiment = build_experiment(tiny_config)
-        state, shardings = loop.create_state(experiment, seed=0)
-        step = loop.make_train_step(experiment, shardings)
+    with _smallest_step(tiny_config) as (experiment, state, step):
         batch = sharding.host_batch_to_global(_digits_batch(16), experiment.mesh)
         new_state, _ = step(state, batch, experiment.caption_bank)
         jax.block_until_ready(new_state)
-    finally:
-        jax.config.update("jax_disable_most_optimizations", previous)
     deleted = [leaf.is_deleted() for leaf in jax.tree.leaves(state)]
     assert int(new_state.step) == 1
     if donate:

@@ -90,6 +90,29 @@ def epoch_stream(builder: Any, split: Any, *, shuffle_buffer: int, seed: int, st
     return ds.skip(offset).enumerate(start=start_example)
 
 
+def process_stream(
+    builder: Any,
+    split: str,
+    shuffle_buffer: int,
+    seed: int,
+    process_index: int,
+    process_count: int,
+    *,
+    start_example: int,
+) -> tuple[Any, int]:
+    """This process's `epoch_stream` of `split` and its run seed (for per-example randomness)."""
+    run_seed = process_seed(seed, process_index)
+    own_split = process_split(split, process_index, process_count)
+    stream = epoch_stream(
+        builder,
+        own_split,
+        shuffle_buffer=shuffle_buffer,
+        seed=run_seed,
+        start_example=start_example,
+    )
+    return stream, run_seed
+
+
 def _preprocess(random_flip: bool, seed: int):
     import tensorflow as tf  # noqa: PLC0415
 
@@ -121,13 +144,13 @@ def create_cifar10_iterator(
     data_dir = resolve_data_dir(cfg.data_dir)
     builder = tfds.builder("cifar10", data_dir=data_dir)
     require_prepared(builder, "cifar10", data_dir)
-    run_seed = process_seed(seed, process_index)
-    split = process_split("train", process_index, process_count)
-    ds = epoch_stream(
+    ds, run_seed = process_stream(
         builder,
-        split,
-        shuffle_buffer=cfg.shuffle_buffer,
-        seed=run_seed,
+        "train",
+        cfg.shuffle_buffer,
+        seed,
+        process_index,
+        process_count,
         start_example=start_step * per_process_batch_size,
     )
     ds = ds.map(_preprocess(cfg.random_flip, run_seed), num_parallel_calls=tf.data.AUTOTUNE)
@@ -191,13 +214,13 @@ def create_generic_iterator(
                 f"data.{field}={key!r} is not a feature of {cfg.tfds_name}; it has: "
                 f"{', '.join(features.keys())}"
             )
-    run_seed = process_seed(seed, process_index)
-    split = process_split(cfg.split, process_index, process_count)
-    ds = epoch_stream(
+    ds, _ = process_stream(
         builder,
-        split,
-        shuffle_buffer=cfg.shuffle_buffer,
-        seed=run_seed,
+        cfg.split,
+        cfg.shuffle_buffer,
+        seed,
+        process_index,
+        process_count,
         start_example=start_step * per_process_batch_size,
     )
     ds = ds.map(lambda index, example: example)

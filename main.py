@@ -14,8 +14,14 @@ from ml_collections import config_flags
 MODES = ("train", "sample")
 
 FLAGS = flags.FLAGS
+# Unknown --config.x=y keys are let through here so that RunConfig refuses them like every other
+# bad key (full path, what is allowed, the nearest field); known keys are parsed to their type.
 config_flags.DEFINE_config_file(
-    "config", None, "Path to an ml_collections config file.", lock_config=True
+    "config",
+    None,
+    "Path to an ml_collections config file.",
+    lock_config=False,
+    accept_new_attributes=True,
 )
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and samples.")
 flags.DEFINE_enum("mode", "train", MODES, "What to run.")
@@ -98,9 +104,12 @@ def main(argv: list[str]) -> None:
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
         jax.distributed.initialize(**distributed)
     from training import compilation_cache, loop, sample_run  # noqa: PLC0415 (after init)
+    from training.run_config import RunConfig  # noqa: PLC0415
 
-    # Before anything compiles: JAX decides once per process whether the cache is used.
-    cache_dir = FLAGS.config.get("compilation_cache_dir", "")
+    # The whole config, typed and checked once (ConfigError naming the field), before anything
+    # compiles: JAX decides once per process whether the compilation cache is used.
+    run = RunConfig.from_configdict(FLAGS.config)
+    cache_dir = run.compilation_cache_dir
     cached = compilation_cache.enable_compilation_cache(cache_dir)
     if cached is not None:
         logging.info("Compilation cache %s: %d entries", cache_dir, cached)
@@ -115,9 +124,9 @@ def main(argv: list[str]) -> None:
     )
     logging.info("Config:\n%s", FLAGS.config)
     if FLAGS.mode == "train":
-        loop.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+        loop.train_and_evaluate(run, FLAGS.workdir)
     elif FLAGS.mode == "sample":
-        sample_run.sample_from_checkpoint(FLAGS.config, FLAGS.workdir)
+        sample_run.sample_from_checkpoint(run, FLAGS.workdir)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,9 @@ import numpy as np
 from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from errors import ConfigError
 from models import logical
+from schema import field, require
 
 MESH_AXES = ("data", "fsdp", "tensor")
 # The batch dimension is split over every mesh axis that holds a copy of the computation; the
@@ -40,37 +42,50 @@ TENSOR_RULES: tuple[tuple[str, str], ...] = (
 
 @dataclasses.dataclass(frozen=True)
 class MeshConfig:
-    """Sizes of the mesh axes; -1 means "all devices not used by the other axes"."""
+    """`config.mesh`: sizes of the mesh axes; -1 means "all devices not used by the others"."""
 
-    data: int = -1
-    fsdp: int = 1
-    tensor: int = 1
-    # "logical=axis,..." replaces the default rules (TENSOR_RULES then FSDP_RULES)
-    rules: str = ""
-    # split the transformer residual stream by tokens over 'tensor' (see activation_rules)
-    sequence_parallel: bool = False
+    data: int = field(-1, "Data-parallel axis size; -1 takes all devices left over.")
+    fsdp: int = field(1, "Parameter-sharding axis size (1 = parameters replicated).")
+    tensor: int = field(1, "Tensor-parallel axis: attention heads and MLP units split over it.")
+    rules: str = field(
+        "",
+        "Logical parameter axis -> mesh axis, 'name=axis,...' tried in order; '' = sharding.py's "
+        "defaults (heads/mlp -> tensor, then conv_out/mlp/heads/embed/conv_in/classes -> fsdp).",
+    )
+    sequence_parallel: bool = field(
+        False,
+        "Also split the transformer residual stream by tokens over 'tensor' (less activation "
+        "memory per device when mesh.tensor > 1; no effect otherwise).",
+    )
+
+    def validate(self) -> None:
+        """Each axis a positive size or -1 (at most one -1); rules well formed."""
+        for name in MESH_AXES:
+            size = getattr(self, name)
+            require(size == -1 or size >= 1, f"mesh.{name}", size, "must be a positive size or -1.")
+        fill = [f"mesh.{name}" for name in MESH_AXES if getattr(self, name) == -1]
+        if len(fill) > 1:
+            raise ConfigError(f"{' and '.join(fill)} are both -1; at most one axis may be -1.")
+        parse_rules(self.rules)
 
     def axis_sizes(self, num_devices: int) -> dict[str, int]:
-        """Resolves -1 and checks the product equals the device count."""
-        sizes = {"data": self.data, "fsdp": self.fsdp, "tensor": self.tensor}
-        for name, size in sizes.items():
-            if size == 0 or size < -1:
-                raise ValueError(f"mesh.{name}={size} is invalid: use a positive size or -1.")
+        """Resolves -1; ConfigError naming the sizes unless their product is the device count."""
+        self.validate()
+        sizes = {name: getattr(self, name) for name in MESH_AXES}
+        given = ", ".join(f"mesh.{name}={size}" for name, size in sizes.items())
         fill = [name for name, size in sizes.items() if size == -1]
-        if len(fill) > 1:
-            raise ValueError(f"mesh: at most one axis may be -1, got {fill}.")
         known = int(np.prod([s for s in sizes.values() if s != -1]))
         if fill:
             if num_devices % known:
-                raise ValueError(
-                    f"mesh: the fixed axes {sizes} use {known} devices, which does not divide "
-                    f"the {num_devices} available devices."
+                raise ConfigError(
+                    f"{given}: the fixed axes use {known} devices, which does not divide the "
+                    f"{num_devices} devices; allowed: sizes whose product divides {num_devices}."
                 )
             sizes[fill[0]] = num_devices // known
         if int(np.prod(list(sizes.values()))) != num_devices:
-            raise ValueError(
-                f"mesh: axis sizes {sizes} multiply to {int(np.prod(list(sizes.values())))}, "
-                f"but there are {num_devices} devices; set one axis to -1 or make them match."
+            raise ConfigError(
+                f"{given} multiply to {int(np.prod(list(sizes.values())))}, but there are "
+                f"{num_devices} devices; set one axis to -1 or make them match."
             )
         return sizes
 
@@ -148,7 +163,7 @@ def parse_rules(text: str) -> tuple[tuple[str, str], ...]:
     for part in (p.strip() for p in text.split(",") if p.strip()):
         logical, _, axis = part.partition("=")
         if not logical.strip() or axis.strip() not in MESH_AXES:
-            raise ValueError(
+            raise ConfigError(
                 f"mesh.rules={text!r}: {part!r} must be logical_name=mesh_axis with the axis "
                 f"one of {', '.join(MESH_AXES)}."
             )

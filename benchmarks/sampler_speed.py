@@ -23,7 +23,7 @@ import jax.numpy as jnp
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.peak import best_seconds as best_time  # noqa: E402
-from diffusion import grids, samplers, schedules  # noqa: E402
+from diffusion import samplers, schedules  # noqa: E402
 from models.functional import functionalize, init_params  # noqa: E402
 from models.unet import UNet, UNetConfig  # noqa: E402
 
@@ -51,7 +51,7 @@ def make_sampler(network, params, schedule, name: str, num_steps: int):
     The step grid is an argument of the compiled chain, as in training/sampling.py, so its
     length is a shape, not a constant folded into the program.
     """
-    grid = grids.make_grid(schedule, num_steps, "trailing", sampler=name)
+    grid = samplers.make_grid(name, num_steps, schedule=schedule, spacing="trailing")
 
     @jax.jit
     def chain(params, x_T, key, grid):

@@ -16,6 +16,8 @@ dense bf16 figure on GPU / TPU, or `--peak_flops`. Each (dtype, remat) pair is a
 device (no XLA_FLAGS device count): FLOPs and peak are summed over the mesh's devices.
 `--breakdown` adds the forward pass, forward + backward, and whole step timed apart. The U-Net
 runs with `model.conv_impl="dots"` (models/conv.py, the CPU fast path) unless `--conv_impl=xla`.
+The configs and the batch are in `benchmarks/step_inputs.py`, the FLOP counting in
+`benchmarks/flops.py`.
 """
 
 from __future__ import annotations
@@ -37,27 +39,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import sharding  # noqa: E402
 from benchmarks import peak as peak_lib  # noqa: E402
-from configs import cifar_ddpm, cifar_dit  # noqa: E402
-from diffusion import flow, losses  # noqa: E402
-from models import dit as dit_lib  # noqa: E402
+from benchmarks.flops import (  # noqa: E402
+    counting_twin,
+    lower_abstract_step,
+    model_flops,
+    print_flops_check,
+    step_flops,
+)
+from benchmarks.step_inputs import MODELS, model_config, random_host_batch  # noqa: E402
+from diffusion import losses  # noqa: E402
 from training import compilation_cache, conditioning, loop  # noqa: E402
 from training import train_step as train_step_lib  # noqa: E402
 from training.experiment import Experiment, build_experiment  # noqa: E402
-
-# key -> (table name, config factory)
-MODELS = {"unet": ("CIFAR U-Net", cifar_ddpm.get_config), "dit": ("DiT-S/2", cifar_dit.get_config)}
-# The issue's figure for the 35.7M U-Net: forward + backward FLOPs per 32x32 image, counted by
-# PyTorch's flop counter (convolutions, matmuls and attention only; 2 FLOPs per multiply-add).
-UNET_REFERENCE_FLOPS_PER_IMAGE = 36.3e9
-
-
-def dit_flops_per_image(depth: int, hidden: int, tokens: int, mlp_ratio: float = 4.0) -> float:
-    """Closed-form forward + backward FLOPs of a DiT's blocks per image (Kaplan et al.'s 6 N T):
-    qkv, out and MLP kernels (4 + 2 mlp_ratio) h^2 per token at 2 FLOPs forward and 4 backward,
-    plus the attention scores and values (4 T^2 h forward per block, times 3). Patch embedding,
-    adaLN modulation (per image, not per token) and the final layer are left out."""
-    kernels = (4 + 2 * mlp_ratio) * hidden**2 * depth
-    return 6 * kernels * tokens + 3 * 4 * tokens**2 * hidden * depth
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,29 +76,6 @@ class StepMeasurement:
         return self.flops / self.step_s
 
 
-def model_config(
-    model: str,
-    batch: int,
-    dtype: str = "float32",
-    remat: bool = False,
-    *,
-    attention_impl: str | None = None,
-    donate_state: bool = True,
-    conv_impl: str = "dots",
-) -> ml_collections.ConfigDict:
-    """The CIFAR config of `model` ("unet" | "dit") at one global batch, dtype and remat, with
-    `model.attention_impl`, `training.donate_state` and (U-Net) `model.conv_impl` set."""
-    config = MODELS[model][1]()
-    config.batch_size = batch
-    config.model.dtype = dtype
-    config.model.remat = remat
-    config.model.attention_impl = attention_impl
-    config.training.donate_state = donate_state
-    if "conv_impl" in config.model:  # the DiT has no convolutions
-        config.model.conv_impl = conv_impl
-    return config
-
-
 def fast_paths(args: argparse.Namespace) -> dict[str, object]:
     """model_config's keyword arguments from the command line's fast-path switches."""
     return {
@@ -113,55 +83,6 @@ def fast_paths(args: argparse.Namespace) -> dict[str, object]:
         "donate_state": args.donate_state,
         "conv_impl": args.conv_impl,
     }
-
-
-def random_host_batch(experiment: Experiment, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
-    """A host batch shaped like the pipeline's: image [B, H, W, C] in [-1, 1], label, caption_id."""
-    rng = np.random.default_rng(seed)
-    height = width = experiment.data.image_size
-    return {
-        "image": rng.uniform(-1, 1, (batch, height, width, experiment.data.channels)).astype(
-            np.float32
-        ),
-        "label": rng.integers(0, max(experiment.num_classes, 1), batch).astype(np.int32),
-        "caption_id": np.zeros(batch, np.int32),
-    }
-
-
-def lower_abstract_step(config: ml_collections.ConfigDict, devices=None) -> jax.stages.Lowered:
-    """The step for `config` lowered on shape-only state and batch (nothing allocated)."""
-    experiment = build_experiment(config, devices)
-    state, shardings = loop.abstract_state(experiment)
-    step = loop.make_train_step(experiment, shardings)
-    batch_sharding = sharding.batch_sharding(experiment.mesh)
-    batch = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=batch_sharding),
-        random_host_batch(experiment, config.batch_size),
-    )
-    return step.lower(state, batch, experiment.caption_bank)
-
-
-def step_flops(
-    config: ml_collections.ConfigDict, compiled, num_devices: int, devices=None
-) -> float:
-    """FLOPs of one step summed over `num_devices` (XLA analyses the per-device program),
-    counted on `counting_twin(config)` where the step has loops."""
-    twin = counting_twin(config)
-    if peak_lib.has_loops(compiled) and twin != config:
-        compiled = lower_abstract_step(twin, devices).compile()
-    return peak_lib.cost_flops(compiled) * num_devices
-
-
-def counting_twin(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """The same arithmetic in a form XLA's cost analysis counts whole: it counts a loop body
-    once, so scanned blocks are unrolled and models/conv.py's scanned kernel gradients are
-    replaced by lax's convolutions."""
-    twin = ml_collections.ConfigDict(config.to_dict())
-    if twin.model.get("use_scan", False):
-        twin.model.use_scan = False
-    if twin.model.get("conv_impl", "xla") != "xla":
-        twin.model.conv_impl = "xla"
-    return twin
 
 
 def measure_train_step(
@@ -224,10 +145,9 @@ def loss_inputs(experiment: Experiment, batch: dict, key: jax.Array) -> dict:
     cond = conditioning.batch_conditions(
         cfg.conditioning, batch, experiment.caption_bank, key, cfg.cond_dropout, cfg.null_id
     )
-    if cfg.process == "flow":
-        draws = flow.draw_flow_noise(key, batch["image"])
-    else:
-        draws = losses.draw_noise(key, batch["image"], experiment.schedule.num_timesteps)
+    draws = losses.draw_noise(
+        key, batch["image"], experiment.schedule, cfg.process, cfg.time_sampling
+    )
     return {"image": batch["image"], "draws": draws, "cond": cond}
 
 
@@ -236,7 +156,6 @@ def experiment_loss(experiment: Experiment):
     loss_fn = functools.partial(
         train_step_lib.diffusion_loss,
         model=experiment.model,
-        schedule=experiment.schedule,
         config=experiment.step_config,
     )
 
@@ -310,27 +229,6 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def print_flops_check(per_image: dict[str, float]) -> None:
-    """XLA's FLOPs per image against the issue's PyTorch count (U-Net) and a closed form (DiT)."""
-    if "unet" in per_image:
-        print(
-            "\nU-Net FLOPs per 32x32 image, forward + backward (+ optimizer and EMA / batch): "
-            f"XLA {per_image['unet'] / 1e9:.2f} G, the issue's PyTorch count "
-            f"{UNET_REFERENCE_FLOPS_PER_IMAGE / 1e9:.1f} G: ratio "
-            f"{per_image['unet'] / UNET_REFERENCE_FLOPS_PER_IMAGE:.3f}"
-        )
-    if "dit" in per_image:
-        config = MODELS["dit"][1]()
-        depth, hidden, _ = dit_lib.SIZES[config.model.size]
-        tokens = (config.data.image_size // config.model.patch_size) ** 2
-        closed = dit_flops_per_image(depth, hidden, tokens, config.model.mlp_ratio)
-        print(
-            "DiT-S/2 FLOPs per image, forward + backward (+ optimizer and EMA / batch): "
-            f"XLA {per_image['dit'] / 1e9:.2f} G, closed form (blocks' matmuls) "
-            f"{closed / 1e9:.2f} G: ratio {per_image['dit'] / closed:.3f}"
-        )
-
-
 def print_breakdown(args: argparse.Namespace, peaks: dict[str, peak_lib.Peak]) -> None:
     """Forward / forward + backward / whole step of each model and dtype (remat off)."""
     print(
@@ -353,14 +251,6 @@ def print_breakdown(args: argparse.Namespace, peaks: dict[str, peak_lib.Peak]) -
                     f"{100 * seconds / step_s:.0f}% | {load} |",
                     flush=True,
                 )
-
-
-def model_flops(config: ml_collections.ConfigDict, num_devices: int, devices=None) -> float:
-    """FLOPs of the step without rematerialisation (the model FLOPs MFU counts): compiled on
-    shape-only inputs, so recomputed activations are not credited as useful work."""
-    plain = ml_collections.ConfigDict(config.to_dict())
-    plain.model.remat = False
-    return step_flops(plain, lower_abstract_step(plain, devices).compile(), num_devices, devices)
 
 
 def print_header(args: argparse.Namespace, peaks: dict[str, peak_lib.Peak], cached: int | None):

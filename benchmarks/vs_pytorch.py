@@ -125,7 +125,7 @@ class TorchSide:
         torch.manual_seed(seed)
         self.unet = diffusers_unet(model)
         self.params = [p for p in self.unet.parameters()]
-        opt = experiment.optimizer_config
+        opt = experiment.run.optimizer
         self.optimizer = torch.optim.Adam(
             self.params, lr=opt.learning_rate, betas=(opt.b1, opt.b2), eps=opt.eps
         )

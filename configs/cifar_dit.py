@@ -7,7 +7,7 @@ Run: python main.py --config=configs/cifar_dit.py --workdir=/tmp/cifar_dit
 
 import ml_collections
 
-from configs import cifar_ddpm
+from configs import cifar_ddpm, default
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -16,19 +16,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.num_train_steps = 400_000
     config.batch_size = 256
 
-    config.model = ml_collections.ConfigDict()
-    config.model.name = "dit"
+    config.model = default.dit_model()
     config.model.size = "S"  # or "B" for DiT-B/2
     config.model.patch_size = 2
-    config.model.mlp_ratio = 4.0
-    config.model.pos_embed = "sincos"
-    config.model.learn_sigma = False
-    config.model.use_scan = True
-    config.model.remat = False
-    config.model.dropout = 0.0
-    config.model.dtype = "float32"
-    # None: JAX chooses; "xla"; "cudnn" (fused flash attention, GPU + bfloat16 only).
-    config.model.attention_impl = ml_collections.config_dict.placeholder(str)
 
     config.optimizer.name = "adamw"
     config.optimizer.learning_rate = 1e-4

@@ -7,28 +7,18 @@ Run: python main.py --config=configs/digits_dit.py --workdir=runs/digits_dit
 
 import ml_collections
 
-from configs import digits_ddpm
+from configs import default, digits_ddpm
 
 
 def get_config() -> ml_collections.ConfigDict:
     """DiT-S's architecture cut to 6 blocks of width 128 (4 heads), class-conditional."""
     config = digits_ddpm.get_config()
-    config.model = ml_collections.ConfigDict()
-    config.model.name = "dit"
+    config.model = default.dit_model()
     config.model.size = "S"
     config.model.depth = 6  # overrides of DiT-S (12 blocks, 384 wide, 6 heads) for a CPU
     config.model.hidden_size = 128
     config.model.num_heads = 4
     config.model.patch_size = 2
-    config.model.mlp_ratio = 4.0
-    config.model.pos_embed = "sincos"
-    config.model.learn_sigma = False
-    config.model.use_scan = True  # one compiled block, scanned over depth
-    config.model.remat = False
-    config.model.dropout = 0.0
-    config.model.dtype = "float32"
-    # None: JAX chooses; "xla"; "cudnn" (fused flash attention, GPU + bfloat16 only).
-    config.model.attention_impl = ml_collections.config_dict.placeholder(str)
 
     config.optimizer.learning_rate = 5e-4
 

@@ -14,7 +14,9 @@ def get_config() -> ml_collections.ConfigDict:
     """digits_ddpm with diffusion.process = "flow"."""
     config = digits_ddpm.get_config()
     config.diffusion.process = "flow"
+    config.diffusion.prediction = "velocity"
     config.diffusion.flow_shift = 1.0
     config.sampler.name = "heun"
     config.sampler.num_steps = 25
+    config.sampler.thresholding = "none"  # the flow ODE's x0 estimates are not clipped
     return config

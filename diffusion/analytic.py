@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffusion import forward, grids
+from diffusion.precond import Precond
 from diffusion.schedules import NoiseSchedule
 
 
@@ -32,8 +33,8 @@ def gaussian_model_fn(
         alpha_bar = forward.broadcast_to(alpha_bar_at_time(schedule, t), x_t)
         a, s = jnp.sqrt(alpha_bar), jnp.sqrt(1.0 - alpha_bar)
         eps = s * (x_t - a * mean) / (a**2 * std**2 + s**2)
-        x0 = forward.x0_from_eps(x_t, eps, alpha_bar)
-        return forward.training_target(prediction, x0, eps, alpha_bar)
+        x0 = (x_t - s * eps) / a
+        return Precond(prediction).target(x0, eps, a, s)
 
     return model_fn
 
@@ -54,8 +55,9 @@ def mixture_model_fn(
         resp = jax.nn.softmax(log_resp, axis=-1)
         component_x0 = means + a * stds**2 * (x - a * means) / var
         x0 = jnp.sum(resp * component_x0, axis=-1)
-        eps = forward.eps_from_x0(x_t, x0, alpha_bar)
-        return forward.training_target(prediction, x0, eps, alpha_bar)
+        a, s = a[..., 0], s[..., 0]
+        eps = (x_t - a * x0) / s
+        return Precond(prediction).target(x0, eps, a, s)
 
     return model_fn
 

@@ -1,7 +1,7 @@
-"""Forward process q(x_t | x_0) and conversions between eps, x0 and v parameterisations.
+"""Forward process q(x_t | x_0) of a discrete VP schedule and its posterior.
 
-Notation: alpha_bar = alphas_cumprod[t], a = sqrt(alpha_bar), s = sqrt(1 - alpha_bar), so that
-x_t = a x0 + s eps (Ho et al. 2020, eq. 4) and v = a eps - s x0 (Salimans & Ho 2022, sec. 4).
+Notation: alpha_bar = alphas_cumprod[t], so that x_t = sqrt(alpha_bar) x0 + sqrt(1 - alpha_bar)
+eps (Ho et al. 2020, eq. 4). Parameterisations of the network output live in precond.py.
 """
 
 from __future__ import annotations
@@ -10,16 +10,6 @@ import jax
 import jax.numpy as jnp
 
 from diffusion.schedules import NoiseSchedule
-
-PREDICTIONS = ("eps", "x0", "v")
-
-
-def validate_prediction(prediction: str) -> None:
-    """Raises ValueError naming `diffusion.prediction` for an unknown parameterisation."""
-    if prediction not in PREDICTIONS:
-        raise ValueError(
-            f"diffusion.prediction={prediction!r} is not known; allowed: {', '.join(PREDICTIONS)}"
-        )
 
 
 def broadcast_to(values: jax.Array, x: jax.Array) -> jax.Array:
@@ -50,57 +40,6 @@ def snr(schedule: NoiseSchedule, t: jax.Array) -> jax.Array:
     """Signal-to-noise ratio alpha_bar / (1 - alpha_bar) at timesteps t."""
     alpha_bar = schedule.alphas_cumprod[t]
     return alpha_bar / (1.0 - alpha_bar)
-
-
-def eps_from_x0(x_t: jax.Array, x0: jax.Array, alpha_bar: jax.Array) -> jax.Array:
-    """eps = (x_t - a x0) / s."""
-    return (x_t - jnp.sqrt(alpha_bar) * x0) / jnp.sqrt(1.0 - alpha_bar)
-
-
-def x0_from_eps(x_t: jax.Array, eps: jax.Array, alpha_bar: jax.Array) -> jax.Array:
-    """x0 = (x_t - s eps) / a."""
-    return (x_t - jnp.sqrt(1.0 - alpha_bar) * eps) / jnp.sqrt(alpha_bar)
-
-
-def v_from_x0_eps(x0: jax.Array, eps: jax.Array, alpha_bar: jax.Array) -> jax.Array:
-    """v = a eps - s x0."""
-    return jnp.sqrt(alpha_bar) * eps - jnp.sqrt(1.0 - alpha_bar) * x0
-
-
-def x0_eps_from_v(
-    x_t: jax.Array, v: jax.Array, alpha_bar: jax.Array
-) -> tuple[jax.Array, jax.Array]:
-    """x0 = a x_t - s v and eps = s x_t + a v (a^2 + s^2 = 1)."""
-    a, s = jnp.sqrt(alpha_bar), jnp.sqrt(1.0 - alpha_bar)
-    return a * x_t - s * v, s * x_t + a * v
-
-
-def to_x0_eps(
-    prediction: str, output: jax.Array, x_t: jax.Array, alpha_bar: jax.Array
-) -> tuple[jax.Array, jax.Array]:
-    """Turns a network output in any parameterisation into (x0, eps) estimates."""
-    if prediction == "eps":
-        return x0_from_eps(x_t, output, alpha_bar), output
-    if prediction == "x0":
-        return output, eps_from_x0(x_t, output, alpha_bar)
-    if prediction == "v":
-        return x0_eps_from_v(x_t, output, alpha_bar)
-    validate_prediction(prediction)
-    raise AssertionError("unreachable")
-
-
-def training_target(
-    prediction: str, x0: jax.Array, eps: jax.Array, alpha_bar: jax.Array
-) -> jax.Array:
-    """What the network should output for the given parameterisation."""
-    if prediction == "eps":
-        return eps
-    if prediction == "x0":
-        return x0
-    if prediction == "v":
-        return v_from_x0_eps(x0, eps, alpha_bar)
-    validate_prediction(prediction)
-    raise AssertionError("unreachable")
 
 
 def q_posterior_mean_variance(

@@ -2,8 +2,9 @@
 
 Sigmas are noise-to-signal ratios sigma = sqrt((1 - alpha_bar) / alpha_bar) (the "VE" view of a
 VP model, Karras et al. 2022 sec. 2). A grid of n steps holds n model timesteps (possibly
-fractional) and n + 1 sigmas ending in 0. Grids are built on the host in float64 and padded to a
-fixed length so that different step counts share one compiled sampler.
+fractional) and n + 1 sigmas ending in 0; a flow grid's "sigmas" are flow times t (see
+processes.py for both views). Grids are built on the host in float64 and padded to a fixed
+length so that different step counts share one compiled sampler.
 """
 
 from __future__ import annotations
@@ -14,13 +15,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from diffusion import processes
 from diffusion.schedules import NoiseSchedule
 
 SPACINGS = ("linspace", "leading", "trailing", "karras")
 KARRAS_RHO = 7.0
-LMS_MAX_ORDER = 4
-# Samplers whose linspace / leading grids skip t = 0 (see `spaced_timesteps`).
-MULTISTEP_SOLVERS = ("dpmpp_2m", "dpmpp_2m_sde", "unipc")
 
 
 @jax.tree_util.register_dataclass
@@ -32,7 +31,7 @@ class Grid:
     sigmas: jax.Array  # [S] sigma at step i
     sigmas_next: jax.Array  # [S] sigma after step i (0 after the last step)
     steps_left: jax.Array  # [S] int32: n - i for active steps, 0 for padding
-    lms_coeffs: jax.Array  # [S, LMS_MAX_ORDER] linear multistep weights of past derivatives
+    extras: dict[str, jax.Array]  # [S, ...] rows only some samplers need (LMS weights, ...)
 
     @property
     def max_steps(self) -> int:
@@ -40,11 +39,9 @@ class Grid:
 
 
 def validate_spacing(spacing: str) -> None:
-    """Raises ValueError naming `sampler.spacing` when it is unknown."""
+    """Raises ValueError when `spacing` is unknown."""
     if spacing not in SPACINGS:
-        raise ValueError(
-            f"sampler.spacing={spacing!r} is not known; allowed: {', '.join(SPACINGS)}"
-        )
+        raise ValueError(f"spacing={spacing!r} is not known; allowed: {', '.join(SPACINGS)}")
 
 
 def train_sigmas(schedule: NoiseSchedule) -> np.ndarray:
@@ -108,44 +105,17 @@ def timesteps_and_sigmas(
     return timesteps, np.append(sigmas, 0.0)
 
 
-def lms_coefficients(sigmas: np.ndarray, order: int) -> np.ndarray:
-    """Weights of the last `order` derivatives for each linear multistep step, [n, LMS_MAX_ORDER].
-
-    Step i integrates the Lagrange polynomial through the derivatives at sigmas[i], sigmas[i-1], ...
-    from sigmas[i] to sigmas[i+1] (Karras et al. 2022's LMS, after Adams-Bashforth); the order
-    ramps up over the first steps while there is not enough history.
-    """
-    num_steps = len(sigmas) - 1
-    coeffs = np.zeros((num_steps, LMS_MAX_ORDER))
-    for i in range(num_steps):
-        current_order = min(i + 1, order)
-        nodes = [sigmas[i - k] for k in range(current_order)]
-        for k in range(current_order):
-            basis = np.polynomial.Polynomial([1.0])
-            for j in range(current_order):
-                if j != k:
-                    basis *= np.polynomial.Polynomial([-nodes[j], 1.0]) / (nodes[k] - nodes[j])
-            antiderivative = basis.integ()
-            coeffs[i, k] = antiderivative(sigmas[i + 1]) - antiderivative(sigmas[i])
-    return coeffs
-
-
-def make_grid(
-    schedule: NoiseSchedule,
-    num_steps: int,
-    spacing: str,
-    *,
+def pad_grid(
+    timesteps: np.ndarray,
+    sigmas: np.ndarray,
     max_steps: int | None = None,
-    lms_order: int = LMS_MAX_ORDER,
-    sampler: str = "",
+    extras: dict[str, np.ndarray] | None = None,
 ) -> Grid:
-    """The padded per-step arrays of an n-step `sampler` (n <= max_steps)."""
+    """The padded per-step arrays of an n-step grid (timesteps [n], sigmas [n + 1])."""
+    num_steps = len(timesteps)
     max_steps = num_steps if max_steps is None else max_steps
     if not 1 <= num_steps <= max_steps:
-        raise ValueError(f"sampler.num_steps={num_steps} must be in [1, {max_steps}] (max_steps).")
-    timesteps, sigmas = timesteps_and_sigmas(
-        schedule, num_steps, spacing, skip_zero=sampler in MULTISTEP_SOLVERS
-    )
+        raise ValueError(f"num_steps={num_steps} must be in [1, {max_steps}] (max_steps).")
     pad = max_steps - num_steps
 
     def padded(values: np.ndarray, fill: float = 0.0) -> jax.Array:
@@ -157,14 +127,11 @@ def make_grid(
         sigmas=padded(sigmas[:-1], 1.0),
         sigmas_next=padded(sigmas[1:], 1.0),
         steps_left=jnp.asarray(np.pad(np.arange(num_steps, 0, -1), (0, pad)), jnp.int32),
-        lms_coeffs=padded(lms_coefficients(sigmas, lms_order)),
+        extras={name: padded(rows) for name, rows in (extras or {}).items()},
     )
 
 
-def flow_sigmas(num_steps: int, shift: float = 1.0) -> np.ndarray:
-    """Flow-matching times t from 1 to 0 (n + 1 values) with the shift of Esser et al. 2024 (SD3).
-
-    t' = shift t / (1 + (shift - 1) t) spends more steps at high noise when shift > 1.
-    """
-    t = np.linspace(1.0, 0.0, num_steps + 1)
-    return shift * t / (1.0 + (shift - 1.0) * t)
+def flow_timesteps_and_sigmas(num_steps: int, shift: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """A flow grid: network timesteps 1000 t [n] and the sampler's levels t [n + 1] (1 to 0)."""
+    times = processes.flow_times(num_steps, shift)
+    return times[:-1] * processes.FLOW_TIME_SCALE, times

@@ -70,10 +70,8 @@ def threshold_x0(x0: jax.Array, mode: str, percentile: float = 0.995) -> jax.Arr
 
 
 def validate_thresholding(mode: str, percentile: float) -> None:
-    """Raises ValueError naming `sampler.thresholding` / `sampler.dynamic_percentile`."""
+    """Raises ValueError for an unknown thresholding mode or a percentile outside (0, 1]."""
     if mode not in THRESHOLDINGS:
-        raise ValueError(
-            f"sampler.thresholding={mode!r} is not known; allowed: {', '.join(THRESHOLDINGS)}"
-        )
+        raise ValueError(f"thresholding={mode!r} is not known; allowed: {', '.join(THRESHOLDINGS)}")
     if not 0.0 < percentile <= 1.0:
-        raise ValueError(f"sampler.dynamic_percentile={percentile} must be in (0, 1].")
+        raise ValueError(f"dynamic_percentile={percentile} must be in (0, 1].")

@@ -56,17 +56,14 @@ def cosine_betas(num_timesteps: int, s: float = 0.008, max_beta: float = 0.999) 
 def validate_schedule_args(
     name: str, num_timesteps: int, beta_start: float, beta_end: float
 ) -> None:
-    """Raises ValueError naming the `diffusion.*` field when a schedule argument is invalid."""
+    """Raises ValueError when a schedule argument is invalid."""
     if name not in SCHEDULES:
-        raise ValueError(
-            f"diffusion.schedule={name!r} is not known; allowed: {', '.join(SCHEDULES)}"
-        )
+        raise ValueError(f"schedule={name!r} is not known; allowed: {', '.join(SCHEDULES)}")
     if not isinstance(num_timesteps, int) or num_timesteps < 2:
-        raise ValueError(f"diffusion.num_timesteps={num_timesteps!r} must be an integer >= 2")
+        raise ValueError(f"num_timesteps={num_timesteps!r} must be an integer >= 2")
     if name != "cosine" and not 0.0 < beta_start < beta_end < 1.0:
         raise ValueError(
-            f"diffusion.beta_start={beta_start!r}, diffusion.beta_end={beta_end!r}: "
-            "need 0 < beta_start < beta_end < 1"
+            f"beta_start={beta_start!r}, beta_end={beta_end!r}: need 0 < beta_start < beta_end < 1"
         )
 
 

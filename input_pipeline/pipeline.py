@@ -4,33 +4,16 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
 from errors import ConfigError
 from input_pipeline import captions, digits, tfds_source
+from schema import field, one_of, require
 
 # {"image": float32 [b, H, W, C] in [-1, 1], "label": int32 [b], "caption_id": int32 [b]}
 Batch = dict[str, np.ndarray]
-
-
-@dataclasses.dataclass(frozen=True)
-class DataConfig:
-    """Typed view of `config.data`."""
-
-    name: str = "digits"
-    data_dir: str = ""
-    image_size: int = 8
-    channels: int = 1
-    random_flip: bool = False
-    shuffle_buffer: int = 10_000
-    tfds_name: str = ""  # data.name = "tfds": any tfds dataset, e.g. "coco_captions"
-    image_key: str = "image"  # its image feature
-    text_key: str = ""  # its text feature (batches then carry "text"); "" for none
-    split: str = "train"
-    device_prefetch: int = 2  # batches put on the devices ahead of their step (0: off)
 
 
 # name -> (native image size, channels, number of classes, iterator factory)
@@ -42,41 +25,70 @@ DATASETS: dict[str, tuple[int, int, int, Callable[..., Iterator[Batch]]]] = {
 }
 
 
-def data_config_from(data_cfg: Mapping[str, Any]) -> DataConfig:
-    """Builds a DataConfig from `config.data`."""
-    return DataConfig(**dict(data_cfg))
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """`config.data`: which images, at what size, and how they reach the devices."""
 
+    name: str = field("digits", "'digits' (embedded), 'cifar10' (tfds) or 'tfds' (any, below).")
+    data_dir: str = field("", "tfds data_dir; '' means tfds' default (~/tensorflow_datasets).")
+    image_size: int = field(8, "Height = width of the images fed to the model.")
+    channels: int = field(1, "Image channels (1 for digits, 3 for CIFAR-10).")
+    random_flip: bool = field(False, "Random horizontal flips (CIFAR-10 yes; digits no).")
+    shuffle_buffer: int = field(10_000, "tf.data shuffle buffer (tfds sources only).")
+    tfds_name: str = field(
+        "", "data.name='tfds': any tfds dataset with an image feature, e.g. 'coco_captions'."
+    )
+    image_key: str = field("image", "Its image feature (centre-cropped and resized).")
+    text_key: str = field(
+        "", "Its text feature, embedded batch by batch; '/' reaches into nested features."
+    )
+    split: str = field("train", "The tfds split to train on.")
+    device_prefetch: int = field(
+        2, "Batches copied to the devices ahead of the step that uses them (0 = off)."
+    )
 
-def validate_data_config(cfg: DataConfig) -> None:
-    """Raises ConfigError naming the `data.*` field, its value and what is allowed."""
-    if cfg.name not in DATASETS:
-        raise ConfigError(f"data.name={cfg.name!r} is not known; allowed: {', '.join(DATASETS)}")
-    native_size, channels, _, _ = DATASETS[cfg.name]
-    if cfg.name == "tfds":
-        _validate_generic(cfg)
-    elif cfg.image_size < native_size or cfg.image_size % native_size:
-        raise ConfigError(
-            f"data.image_size={cfg.image_size} does not fit {cfg.name}: use {native_size} "
-            f"or a multiple of it (images are enlarged by pixel repetition)."
+    def validate(self) -> None:
+        """Raises ConfigError naming the `data.*` field, its value and what is allowed."""
+        one_of("data.name", self.name, DATASETS)
+        native_size, channels, _, _ = DATASETS[self.name]
+        if self.name == "tfds":
+            require(
+                bool(self.tfds_name),
+                "data.tfds_name",
+                self.tfds_name,
+                "is empty; data.name='tfds' needs a tfds dataset name (e.g. 'coco_captions').",
+            )
+            require(self.image_size >= 1, "data.image_size", self.image_size, "must be >= 1.")
+            one_of("data.channels", self.channels, (1, 3))
+            require(
+                bool(self.image_key),
+                "data.image_key",
+                self.image_key,
+                "must name the image feature.",
+            )
+        else:
+            require(
+                self.image_size >= native_size and self.image_size % native_size == 0,
+                "data.image_size",
+                self.image_size,
+                f"does not fit {self.name}: use {native_size} or a multiple of it (images are "
+                "enlarged by pixel repetition).",
+            )
+            require(
+                self.channels == channels,
+                "data.channels",
+                self.channels,
+                f"does not match {self.name}, which has {channels} channel(s).",
+            )
+        require(
+            self.shuffle_buffer >= 1, "data.shuffle_buffer", self.shuffle_buffer, "must be >= 1."
         )
-    elif cfg.channels != channels:
-        raise ConfigError(f"data.channels={cfg.channels} but {cfg.name} has {channels} channel(s).")
-    if cfg.shuffle_buffer < 1:
-        raise ConfigError(f"data.shuffle_buffer={cfg.shuffle_buffer} must be >= 1.")
-    if cfg.device_prefetch < 0:
-        raise ConfigError(f"data.device_prefetch={cfg.device_prefetch} must be >= 0 (0: off).")
-
-
-def _validate_generic(cfg: DataConfig) -> None:
-    """The fields of `data.name = "tfds"`."""
-    if not cfg.tfds_name:
-        raise ConfigError('data.name="tfds" needs data.tfds_name (e.g. "coco_captions").')
-    if cfg.image_size < 1:
-        raise ConfigError(f"data.image_size={cfg.image_size} must be >= 1.")
-    if cfg.channels not in (1, 3):
-        raise ConfigError(f"data.channels={cfg.channels} must be 1 or 3.")
-    if not cfg.image_key:
-        raise ConfigError(f"data.image_key={cfg.image_key!r} must name the image feature.")
+        require(
+            self.device_prefetch >= 0,
+            "data.device_prefetch",
+            self.device_prefetch,
+            "must be >= 0 (0: off).",
+        )
 
 
 def num_classes(name: str) -> int:
@@ -106,7 +118,7 @@ def create_train_iterator(
     start_step: int = 0,
 ) -> Iterator[Batch]:
     """Endless iterator over this process's share of each global training batch."""
-    validate_data_config(cfg)
+    cfg.validate()
     if per_process_batch_size < 1:
         raise ValueError(f"per-process batch size {per_process_batch_size} must be >= 1.")
     factory = DATASETS[cfg.name][3]

@@ -6,12 +6,11 @@ a position embedding, run through N transformer blocks modulated by a conditioni
 (timestep embedding + class embedding and/or projected pooled text embedding), and projected back
 to p x p x out_channels per token. Every block and the final projection start at zero, so a fresh
 network outputs 0. Parameters carry logical axis names (see `sharding.py`); with `use_scan` the
-blocks are stacked along a leading 'layers' axis and run by one `nnx.scan`.
+blocks are stacked along a leading 'layers' axis and run by one `nnx.scan`. The typed config,
+`DiTConfig`, is in `models/dit_config.py`.
 """
 
 from __future__ import annotations
-
-import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -19,111 +18,13 @@ import numpy as np
 from flax import nnx
 
 from models import layers
+from models.dit_config import DTYPES, DiTConfig
 from models.logical import constrain
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-# size -> (depth, hidden size, heads), Table 1 of the paper.
-SIZES = {"S": (12, 384, 6), "B": (12, 768, 12), "L": (24, 1024, 16), "XL": (28, 1152, 16)}
-POS_EMBEDS = ("sincos", "learned")
 FREQUENCY_DIM = 256  # sinusoidal timestep features fed to the timestep MLP (the paper's 256)
 
 xavier = nnx.initializers.xavier_uniform()
 small_normal = nnx.initializers.normal(0.02)
-
-
-@dataclasses.dataclass(frozen=True)
-class DiTConfig:
-    """Typed view of `config.model` plus the data shape and optional conditioning."""
-
-    image_size: int = 32
-    in_channels: int = 4
-    out_channels: int = 4
-    size: str = "S"  # S | B | L | XL: depth / hidden size / heads from SIZES
-    patch_size: int = 2  # side of the square patches; must divide image_size
-    depth: int | None = None  # overrides of the size's numbers (None: take them from `size`)
-    hidden_size: int | None = None
-    num_heads: int | None = None
-    mlp_ratio: float = 4.0  # MLP width / hidden size
-    pos_embed: str = "sincos"  # "sincos": fixed 2-D sine-cosine (MAE); "learned"
-    num_classes: int | None = None  # class-conditional when set; index num_classes = "no class"
-    context_dim: int | None = None  # cross-attention to text tokens when set
-    pooled_dim: int | None = None  # a pooled text embedding added to the conditioning vector
-    learn_sigma: bool = False  # output 2 * out_channels (mean and variance), as in the paper
-    use_scan: bool = True  # stack the blocks and nnx.scan over them: compile time flat in depth
-    remat: bool = False  # recompute each block's activations in the backward pass
-    dropout: float = 0.0  # on the attention and MLP outputs (training only); not class dropout
-    dtype: str = "float32"
-    attention_impl: str | None = None  # layers.ATTENTION_IMPLS: None (JAX chooses) | xla | cudnn
-
-    @property
-    def dims(self) -> tuple[int, int, int]:
-        """(depth, hidden size, heads): the size's numbers with the overrides applied."""
-        depth, hidden, heads = SIZES[self.size]
-        return (
-            depth if self.depth is None else self.depth,
-            hidden if self.hidden_size is None else self.hidden_size,
-            heads if self.num_heads is None else self.num_heads,
-        )
-
-    @property
-    def grid(self) -> int:
-        """Tokens per side."""
-        return self.image_size // self.patch_size
-
-    @property
-    def output_channels(self) -> int:
-        """Channels of the network's output (doubled when it also predicts the variance)."""
-        return self.out_channels * (2 if self.learn_sigma else 1)
-
-    def validate(self) -> None:
-        """Raises ValueError naming the bad field before anything is built or compiled."""
-        if self.size not in SIZES:
-            raise ValueError(f"model.size={self.size!r} is not one of {list(SIZES)}.")
-        for name in ("depth", "hidden_size", "num_heads"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ValueError(f"model.{name}={value} must be a positive int or None.")
-        _, hidden, heads = self.dims
-        if hidden % heads:
-            raise ValueError(
-                f"model.num_heads={heads} must divide the hidden size {hidden} "
-                f"(model.size={self.size!r}, model.hidden_size={self.hidden_size})."
-            )
-        if self.patch_size < 1 or self.image_size % self.patch_size:
-            raise ValueError(
-                f"model.patch_size={self.patch_size} must be a positive divisor of "
-                f"data.image_size={self.image_size} (e.g. 2, 4 or 8)."
-            )
-        if self.pos_embed not in POS_EMBEDS:
-            raise ValueError(f"model.pos_embed={self.pos_embed!r} is not one of {POS_EMBEDS}.")
-        if self.pos_embed == "sincos" and hidden % 4:
-            raise ValueError(
-                f"model.pos_embed='sincos' needs a hidden size divisible by 4 (sine and cosine "
-                f"of two coordinates); model.hidden_size is {hidden}."
-            )
-        if not 1 <= hidden * self.mlp_ratio < float("inf"):  # NaN and overflow included
-            raise ValueError(
-                f"model.mlp_ratio={self.mlp_ratio} gives the MLP a width of "
-                f"{hidden * self.mlp_ratio}; allowed: a finite width >= 1."
-            )
-        for name in ("in_channels", "out_channels"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"model.{name}={getattr(self, name)} must be >= 1.")
-        for name in ("num_classes", "context_dim", "pooled_dim"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ValueError(
-                    f"model.{name}={value} must be a positive int or None (unconditional)."
-                )
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"model.dropout={self.dropout} must be in [0, 1).")
-        if self.dtype not in DTYPES:
-            raise ValueError(f"model.dtype={self.dtype!r} is not one of {sorted(DTYPES)}.")
-        if self.attention_impl not in layers.ATTENTION_IMPLS:
-            raise ValueError(
-                f"model.attention_impl={self.attention_impl!r} is not known; allowed: "
-                f"{', '.join(map(repr, layers.ATTENTION_IMPLS))}."
-            )
 
 
 def sincos_pos_embed(grid: int, dim: int) -> np.ndarray:

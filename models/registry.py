@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from flax import nnx
 
+import schema
+from errors import ConfigError
 from models.dit import DiT, DiTConfig
 from models.unet import UNet, UNetConfig
 
@@ -37,43 +38,33 @@ def make_model_config(
     context_dim: int | None = None,
     pooled_dim: int | None = None,
 ) -> ModelConfig:
-    """A validated typed model config from `config.model` and the data shape.
-
-    `pooled_dim` reaches only config classes that have such a field; giving one to a network
-    without a pooled-embedding input is an error.
-    """
+    """The typed, checked config of `config.model` (its `name` picks the backbone) for the data
+    shape and conditioning; ConfigError naming `model.<field>` for anything bad."""
+    if not isinstance(model_cfg, schema.SECTION_TYPES):
+        schema.fail("model", model_cfg, "must be a config section (a ConfigDict or dict).")
     fields = dict(model_cfg)
     name = fields.pop("name", None)
-    if name not in MODELS:
-        raise ValueError(f"model.name={name!r} is not known; allowed: {', '.join(MODELS)}")
+    schema.one_of("model.name", name, MODELS)
     _, config_cls = MODELS[name]
-    field_names = [f.name for f in dataclasses.fields(config_cls)]
-    allowed = [f for f in field_names if f not in DATA_FIELDS]
-    unknown = sorted(set(fields) - set(allowed))
-    if unknown:
-        raise ValueError(
-            f"model.{unknown[0]} is not a field of model.name={name!r}; allowed: "
-            f"{', '.join(allowed)} (image size, channels and conditioning come from data.*)."
-        )
-    for key in ("channel_mult", "attention_resolutions"):
-        if key in fields:
-            fields[key] = tuple(fields[key])
-    if "pooled_dim" in field_names:
-        fields["pooled_dim"] = pooled_dim
-    elif pooled_dim is not None:
-        raise ValueError(
-            f"model.name={name!r} takes no pooled text embedding, but pooled_dim={pooled_dim}."
-        )
-    config = config_cls(
-        image_size=image_size,
-        in_channels=channels,
-        out_channels=channels,
-        num_classes=num_classes,
-        context_dim=context_dim,
-        **fields,
-    )
-    config.validate()
-    return config
+    fixed = {
+        "image_size": image_size,
+        "in_channels": channels,
+        "out_channels": channels,
+        "num_classes": num_classes,
+        "context_dim": context_dim,
+        "pooled_dim": pooled_dim,
+    }
+    field_names = {f.name for f in schema.user_fields(config_cls)}
+    if pooled_dim is not None and "pooled_dim" not in field_names:
+        raise ConfigError(f"model.name={name!r} takes no pooled text embedding.")
+    fixed = {key: value for key, value in fixed.items() if key in field_names}
+    return schema.build(config_cls, fields, "model", fixed=fixed)
+
+
+def model_fields(model_config: ModelConfig) -> dict[str, Any]:
+    """The `config.model` fields of a typed model config (name included)."""
+    name = next(n for n, (_, cls) in MODELS.items() if isinstance(model_config, cls))
+    return {"name": name, **schema.to_dict(model_config, DATA_FIELDS)}
 
 
 def build_model(model_config: ModelConfig) -> Callable[[nnx.Rngs], nnx.Module]:

@@ -8,7 +8,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from errors import ConfigError
 from models import layers
+from schema import field
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -17,23 +19,37 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 class UNetConfig:
     """Typed view of `config.model` plus the data shape and optional conditioning."""
 
-    image_size: int = 32
-    in_channels: int = 3
+    image_size: int = 32  # set from data.image_size
+    in_channels: int = 3  # set from data.channels
     out_channels: int = 3
-    base_channels: int = 128
-    channel_mult: tuple[int, ...] = (1, 2, 2, 2)
-    num_res_blocks: int = 2
-    attention_resolutions: tuple[int, ...] = (16,)
-    num_heads: int = 1
-    dropout: float = 0.1
-    num_groups: int = 32
+    base_channels: int = field(128, "Channels at the highest resolution.")
+    channel_mult: tuple[int, ...] = field(
+        (1, 2, 2, 2), "Per-level channel multipliers; each level after the first halves."
+    )
+    num_res_blocks: int = field(2, "ResBlocks per level on the way down.")
+    attention_resolutions: tuple[int, ...] = field((4,), "Feature-map sizes with self-attention.")
+    num_heads: int = field(1, "Heads of each attention layer.")
+    dropout: float = field(0.1, "Dropout inside ResBlocks (training only).")
+    num_groups: int = field(32, "GroupNorm groups.")
     num_classes: int | None = None  # class-conditional when set; index num_classes = "no class"
     context_dim: int | None = None  # cross-attention to text tokens when set
     pooled_dim: int | None = None  # a pooled text embedding added to the timestep embedding
-    dtype: str = "float32"
-    remat: bool = False  # recompute each ResBlock's / attention block's activations in backward
-    attention_impl: str | None = None  # layers.ATTENTION_IMPLS: None (JAX chooses) | xla | cudnn
-    conv_impl: str = "xla"  # 'dots': 1x1 convs and 3x3 kernel gradients as matmuls (fast on CPU)
+    dtype: str = field(
+        "float32",
+        "'bfloat16': the network computes in bf16; parameters, optimizer state, EMA, the noise "
+        "schedule, the loss and the samplers stay float32.",
+    )
+    remat: bool = field(False, "Recompute each block's activations in the backward pass.")
+    attention_impl: str | None = field(
+        None,
+        "Attention kernel: None lets JAX choose, 'xla', or 'cudnn' (fused flash attention: GPU "
+        "only, model.dtype 'bfloat16').",
+    )
+    conv_impl: str = field(
+        "xla",
+        "'xla': lax convolutions. 'dots': 1x1 convs and the 3x3 kernel gradients at >= 32x32 as "
+        "matmuls (models/conv.py), faster on CPU; keep 'xla' on GPU / TPU.",
+    )
 
     @property
     def resolutions(self) -> tuple[int, ...]:
@@ -41,61 +57,65 @@ class UNetConfig:
         return tuple(self.image_size // 2**level for level in range(len(self.channel_mult)))
 
     def validate(self) -> None:
-        """Raises ValueError naming the bad field before anything is built or compiled."""
+        """Raises ConfigError naming the bad field before anything is built or compiled."""
         levels = len(self.channel_mult)
         if levels < 1 or any(m < 1 for m in self.channel_mult):
-            raise ValueError(f"model.channel_mult={self.channel_mult} needs >= 1 positive entries.")
+            raise ConfigError(
+                f"model.channel_mult={self.channel_mult} needs >= 1 positive entries."
+            )
         halvings = levels - 1
         if self.image_size < 1 or self.image_size % 2**halvings:
-            raise ValueError(
+            raise ConfigError(
                 f"data.image_size={self.image_size} cannot be halved {halvings} times "
                 f"(model.channel_mult={self.channel_mult} has {levels} levels); use a multiple "
                 f"of {2**halvings} or fewer levels."
             )
         if self.base_channels < 4:
-            raise ValueError(
+            raise ConfigError(
                 f"model.base_channels={self.base_channels} must be >= 4 (the timestep embedding "
                 "needs two sine/cosine frequencies)."
             )
         if self.num_res_blocks < 1:
-            raise ValueError(f"model.num_res_blocks={self.num_res_blocks} must be >= 1.")
+            raise ConfigError(f"model.num_res_blocks={self.num_res_blocks} must be >= 1.")
         for name in ("num_groups", "num_heads"):  # divisors below
             if getattr(self, name) < 1:
-                raise ValueError(f"model.{name}={getattr(self, name)} must be >= 1.")
+                raise ConfigError(f"model.{name}={getattr(self, name)} must be >= 1.")
         for mult in self.channel_mult:
             channels = self.base_channels * mult
             if channels % self.num_groups:
-                raise ValueError(
+                raise ConfigError(
                     f"model.num_groups={self.num_groups} must divide every level's channels; "
                     f"model.base_channels * mult = {channels} is not divisible."
                 )
             if channels % self.num_heads:
-                raise ValueError(
+                raise ConfigError(
                     f"model.num_heads={self.num_heads} must divide every level's channels "
                     f"({channels})."
                 )
         missing = [r for r in self.attention_resolutions if r not in self.resolutions]
         if missing:
-            raise ValueError(
+            raise ConfigError(
                 f"model.attention_resolutions={self.attention_resolutions}: {missing} never "
                 f"occur; the feature-map sizes are {self.resolutions} "
                 f"(data.image_size={self.image_size}, halved per model.channel_mult level)."
             )
         if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"model.dropout={self.dropout} must be in [0, 1).")
+            raise ConfigError(f"model.dropout={self.dropout} must be in [0, 1).")
         for name in ("num_classes", "context_dim", "pooled_dim"):
             value = getattr(self, name)
             if value is not None and value < 1:
-                raise ValueError(f"{name}={value} must be a positive int or None (unconditional).")
+                raise ConfigError(
+                    f"model.{name}={value} must be a positive int or None (unconditional)."
+                )
         if self.dtype not in DTYPES:
-            raise ValueError(f"model.dtype={self.dtype!r} is not one of {sorted(DTYPES)}.")
+            raise ConfigError(f"model.dtype={self.dtype!r} is not one of {sorted(DTYPES)}.")
         if self.attention_impl not in layers.ATTENTION_IMPLS:
-            raise ValueError(
+            raise ConfigError(
                 f"model.attention_impl={self.attention_impl!r} is not known; allowed: "
                 f"{', '.join(map(repr, layers.ATTENTION_IMPLS))}."
             )
         if self.conv_impl not in layers.CONV_IMPLS:
-            raise ValueError(
+            raise ConfigError(
                 f"model.conv_impl={self.conv_impl!r} is not one of {sorted(layers.CONV_IMPLS)}."
             )
 

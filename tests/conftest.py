@@ -6,3 +6,14 @@ import os
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import pytest  # noqa: E402 (after the environment above)
+
+from configs import digits_tiny  # noqa: E402
+
+
+@pytest.fixture
+def tiny_config():
+    """The shared small config (configs/digits_tiny.py): a U-Net that compiles and steps in
+    seconds. Tests change their copy freely."""
+    return digits_tiny.get_config()

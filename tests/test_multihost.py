@@ -25,23 +25,7 @@ from tests.training.test_loop import _scalars
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEVICES = 4  # global devices of every run: 1 process x 4 or 2 processes x 2
 TIMEOUT_S = 300  # per run, all its processes together
-TINY = (  # tests/training/conftest.py's tiny_config, as flags
-    "--config=configs/digits_ddpm.py",
-    "--config.batch_size=16",
-    "--config.log_every_steps=2",
-    "--config.checkpoint_every_steps=2",
-    "--config.sample_every_steps=0",
-    "--config.model.base_channels=16",
-    "--config.model.channel_mult=(1,2)",
-    "--config.model.num_res_blocks=1",
-    "--config.model.attention_resolutions=(4,)",
-    "--config.model.num_heads=1",
-    "--config.model.num_groups=8",
-    "--config.model.dropout=0.1",
-    "--config.optimizer.warmup_steps=0",
-    "--config.sampler.num_steps=5",
-    "--config.sampler.num_samples=16",
-)
+TINY = ("--config=configs/digits_tiny.py", "--config.sample_every_steps=0")
 LAYOUT = {1: ("--config.mesh.data=4",), 2: ("--config.mesh.data=1", "--config.mesh.fsdp=4")}
 # fp32 agreement of two runs whose all-reduces add in different orders. Adam divides by
 # sqrt(v): on near-zero gradients (zero-initialised convolutions) it turns their rounding into

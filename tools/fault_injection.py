@@ -18,15 +18,14 @@ Every start must log `Restoring checkpoint at step N` for the newest complete ch
 (none on the first), and every step it logs must show the reference's loss; the last checkpoint
 must equal the reference's leaf for leaf, bit for bit (params, EMA, optimizer state, RNG, step).
 Exit status 0 when all of that holds. tests/test_fault_injection.py drives the same functions.
+What a start logged and left on disk is read back by tools/fault_log.py.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import random
-import re
 import shutil
 import signal
 import subprocess
@@ -34,88 +33,31 @@ import sys
 import tempfile
 import time
 
-import numpy as np
+from tools.fault_log import (
+    STARTING,
+    STEP_LINE,
+    TMP_SUFFIX,
+    Attempt,
+    Fault,
+    checkpoint_dir,
+    complete_steps,
+    load_state,
+    parse_log,
+    saves_in_flight,
+    state_differences,
+)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TMP_SUFFIX = ".orbax-checkpoint-tmp"  # Orbax writes a save here, then renames it to <step>
 POLL_S = 0.005
-# The tiny U-Net of tests/training/conftest.py as flags, logging every step so the driver can see
-# where the run is; dropout and a warm-up make the per-step RNG and the step count matter.
+# The tests' tiny config, logging every step so the driver can see where the run is; its
+# dropout and a warm-up make the per-step RNG and the step count matter.
 TINY_FLAGS = (
-    "--config=configs/digits_ddpm.py",
-    "--config.batch_size=16",
+    "--config=configs/digits_tiny.py",
     "--config.log_every_steps=1",
     "--config.sample_every_steps=0",
     "--config.max_checkpoints_to_keep=2",
-    "--config.model.base_channels=16",
-    "--config.model.channel_mult=(1,2)",
-    "--config.model.num_res_blocks=1",
-    "--config.model.attention_resolutions=(4,)",
-    "--config.model.num_heads=1",
-    "--config.model.num_groups=8",
-    "--config.model.dropout=0.1",
     "--config.optimizer.warmup_steps=10",
 )
-KINDS = ("step", "save", "start", "term")
-
-_STEP_LINE = re.compile(r"logging_writer\.py:\d+\] \[(\d+)\] .*?\bloss=([^,\s]+)")
-_STARTING = re.compile(r"Starting at step (\d+) of")
-_RESTORING = re.compile(r"Restoring checkpoint at step (\d+)")
-_PREEMPTED = re.compile(r"Preempted: saved checkpoint at step (\d+)")
-_FALLBACK = re.compile(r"Checkpoint at step \d+ .* failed to restore")
-
-
-@dataclasses.dataclass(frozen=True)
-class Fault:
-    """One fault to deliver to a start of the run."""
-
-    kind: str  # one of KINDS
-    after_step: int  # steps after the resumed one: signal then ("save": at the next save)
-    delay_s: float  # extra wait before the signal ("start": seconds after the process began)
-
-
-@dataclasses.dataclass
-class Attempt:
-    """What one start of the run did."""
-
-    fault: Fault | None
-    log_path: str
-    newest_before: int | None  # newest complete checkpoint on disk when it started
-    returncode: int | None = None
-    wall_s: float = 0.0
-    started_at: int | None = None  # from "Starting at step N"
-    restored: int | None = None  # from "Restoring checkpoint at step N"
-    last_step: int | None = None  # the last step it logged
-    signalled: bool = False  # the fault was delivered while the process ran
-    cut_save: str | None = None  # "save" faults: the tmp dir left behind by the cut save
-    preempted_at: int | None = None  # "term" faults: from "Preempted: saved checkpoint at step N"
-    fallbacks: int = 0  # checkpoints that failed to restore (a kill must never leave one)
-    losses: dict[int, str] = dataclasses.field(default_factory=dict)  # step -> logged loss
-
-    def problems(self, num_steps: int) -> list[str]:
-        """What this start did wrong (empty when it behaved)."""
-        found = []
-        want = self.newest_before
-        # A start killed during start-up may not have logged where it starts or what it restored.
-        cut_short = self.signalled and self.fault is not None and self.fault.kind == "start"
-        if (self.started_at is not None or not cut_short) and self.started_at != (want or 0):
-            found.append(f"started at step {self.started_at}, newest checkpoint {want}")
-        if want is not None and (self.restored is not None or not cut_short):
-            if self.restored != want:
-                found.append(f"logged restore of {self.restored}, newest checkpoint {want}")
-        if self.fallbacks:
-            found.append(f"{self.fallbacks} finalised checkpoint(s) failed to restore")
-        if self.fault is None or not self.signalled:
-            if self.returncode != 0 or self.last_step != num_steps:
-                found.append(f"exit {self.returncode} at step {self.last_step} without a fault")
-        elif self.fault.kind == "term" and (self.preempted_at or self.last_step != num_steps):
-            if self.returncode != 0:  # (a SIGTERM during the last step may just let it finish)
-                found.append(f"SIGTERM gave exit status {self.returncode}, not 0")
-            if self.preempted_at is None:
-                found.append("SIGTERM logged no 'Preempted: saved checkpoint at step N'")
-        elif self.returncode != -signal.SIGKILL:
-            found.append(f"SIGKILL gave exit status {self.returncode}")
-        return found
 
 
 def child_env(cache_dir: str, devices: int = 2) -> dict[str, str]:
@@ -129,34 +71,6 @@ def child_env(cache_dir: str, devices: int = 2) -> dict[str, str]:
         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
         "TF_CPP_MIN_LOG_LEVEL": "3",
     }
-
-
-def checkpoint_dir(workdir: str) -> str:
-    return os.path.join(workdir, "checkpoints")
-
-
-def complete_steps(workdir: str) -> list[int]:
-    """Steps with a finalised checkpoint directory (Orbax renames a save into place when done)."""
-    directory = checkpoint_dir(workdir)
-    if not os.path.isdir(directory):
-        return []
-    return sorted(int(name) for name in os.listdir(directory) if name.isdigit())
-
-
-def saves_in_flight(workdir: str, since: float = 0.0) -> list[str]:
-    """Checkpoint directories being written, oldest step first: tmp directories created at or
-    after time `since` (earlier ones are left over from saves cut before this start)."""
-    directory = checkpoint_dir(workdir)
-    if not os.path.isdir(directory):
-        return []
-    found = []
-    for name in (n for n in os.listdir(directory) if n.endswith(TMP_SUFFIX)):
-        try:
-            if os.stat(os.path.join(directory, name)).st_ctime >= since:
-                found.append(name)
-        except FileNotFoundError:  # finalised (renamed) while we looked
-            continue
-    return sorted(found, key=lambda name: int(name.removesuffix(TMP_SUFFIX)))
 
 
 def plan_faults(
@@ -175,18 +89,6 @@ def plan_faults(
             offset = rng.randint(checkpoint_every, 4 * checkpoint_every)
             faults.append(Fault(kind, offset, rng.uniform(0.0, 0.05)))
     return faults
-
-
-def _parse_log(text: str, attempt: Attempt) -> None:
-    for match in _STEP_LINE.finditer(text):
-        attempt.losses[int(match.group(1))] = match.group(2)
-        attempt.last_step = int(match.group(1))
-    starting, restoring = _STARTING.findall(text), _RESTORING.findall(text)
-    attempt.started_at = int(starting[0]) if starting else None
-    attempt.restored = int(restoring[-1]) if restoring else None  # the last one tried
-    attempt.fallbacks = len(_FALLBACK.findall(text))
-    preempted = _PREEMPTED.findall(text)
-    attempt.preempted_at = int(preempted[-1]) if preempted else None
 
 
 def run_once(
@@ -222,7 +124,7 @@ def run_once(
     attempt.returncode = proc.returncode
     attempt.wall_s = time.monotonic() - begin
     with open(log_path) as log:
-        _parse_log(log.read(), attempt)
+        parse_log(log.read(), attempt)
     if attempt.cut_save is not None and (
         not os.path.exists(os.path.join(checkpoint_dir(workdir), attempt.cut_save))
         or int(attempt.cut_save.removesuffix(TMP_SUFFIX)) in complete_steps(workdir)
@@ -247,9 +149,9 @@ def _watch(proc, workdir, num_steps, fault, attempt, begin, begin_wall, timeout_
             partial += log.read()
             position = log.tell()
         text, _, partial = partial.rpartition("\n")
-        if started is None and (match := _STARTING.search(text)):
+        if started is None and (match := STARTING.search(text)):
             started = int(match.group(1))
-        if steps := _STEP_LINE.findall(text):
+        if steps := STEP_LINE.findall(text):
             last_step = int(steps[-1][0])
         if fault.kind == "start":
             if time.monotonic() - begin >= fault.delay_s or last_step is not None:
@@ -297,32 +199,6 @@ def run_with_faults(
             break  # (a fault that came too late to land ends the faulted starts early)
         attempts.append(run_once(workdir, num_steps, checkpoint_every, env, fault, log_path))
     return attempts
-
-
-def load_state(workdir: str, step: int) -> dict:
-    """The checkpointed train state at `step` as numpy arrays."""
-    import jax  # noqa: PLC0415 (the driver itself needs no JAX until it compares)
-    import orbax.checkpoint as ocp  # noqa: PLC0415
-
-    path = os.path.join(checkpoint_dir(os.path.abspath(workdir)), str(step), "state")
-    checkpointer = ocp.PyTreeCheckpointer()
-    tree = checkpointer.metadata(path).item_metadata.tree
-    as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
-    return checkpointer.restore(path, restore_args=as_numpy)
-
-
-def state_differences(a: dict, b: dict) -> list[str]:
-    """Leaf paths where two restored states differ in structure, dtype, shape or any bit."""
-    import jax  # noqa: PLC0415
-
-    if jax.tree.structure(a) != jax.tree.structure(b):
-        return [f"structure {jax.tree.structure(a)} != {jax.tree.structure(b)}"]
-    found = []
-    for (path, x), y in zip(jax.tree.leaves_with_path(a), jax.tree.leaves(b), strict=True):
-        x, y = np.asarray(x), np.asarray(y)
-        if x.dtype != y.dtype or x.shape != y.shape or x.tobytes() != y.tobytes():
-            found.append(jax.tree_util.keystr(path))
-    return found
 
 
 def loss_differences(attempts: list[Attempt], reference: Attempt) -> list[str]:

@@ -8,6 +8,7 @@ finished (`<step>.orbax-checkpoint-tmp*` directories) are not steps to Orbax at 
 from __future__ import annotations
 
 import os
+import tempfile
 
 import jax
 import numpy as np
@@ -144,3 +145,24 @@ def check_compatible(saved_metadata, abstract_state: TrainState, step: int, dire
             + "\nThe checkpoint is left untouched. Train this config in a fresh --workdir "
             "(or run the config that wrote the checkpoint)."
         )
+
+
+def validate_workdir(workdir: str | os.PathLike) -> None:
+    """Creates `workdir` if it is missing and checks that this process can write into it.
+
+    Remote paths ("gs://...") are left to Orbax and the metric writers.
+    """
+    path = os.fspath(workdir) if isinstance(workdir, str | os.PathLike) else None
+    if not path or not path.strip():
+        raise errors.ConfigError(f"--workdir={workdir!r} must name a directory.")
+    if "://" in path:
+        return
+    try:
+        os.makedirs(path, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as err:
+        raise errors.ConfigError(
+            f"--workdir={path!r} is not a writable directory ({err.strerror or err}); allowed: "
+            "a directory this process can create and write to."
+        ) from err

@@ -20,7 +20,7 @@ def enable_compilation_cache(directory: str) -> int | None:
       The number of entries already in `directory` (a restart finds the earlier run's), or None
       when `directory` is "".
     """
-    if not isinstance(directory, str):  # read before validate_config: check the type here
+    if not isinstance(directory, str):  # callers outside a RunConfig (benchmarks) included
         raise ConfigError(
             f"compilation_cache_dir={directory!r} ({type(directory).__name__}) has the wrong "
             'type; expected str (a directory, or "" for no cache).'

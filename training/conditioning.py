@@ -17,25 +17,24 @@ import jax.numpy as jnp
 import numpy as np
 
 from errors import ConfigError
+from schema import field, one_of, require
 
 KINDS = ("none", "class", "text")
 
 
 @dataclasses.dataclass(frozen=True)
 class ConditioningConfig:
-    """Typed view of `config.conditioning`."""
+    """`config.conditioning`: what the network is conditioned on."""
 
-    kind: str = "none"
-    dropout: float = 0.1  # chance that an example's condition is replaced by the null condition
+    kind: str = field("none", "'none' | 'class' (data labels) | 'text' (captions).")
+    dropout: float = field(0.1, "Chance of the null condition per example (trains CFG).")
 
     def validate(self) -> None:
         """Raises ConfigError naming the `conditioning.*` field."""
-        if self.kind not in KINDS:
-            raise ConfigError(
-                f"conditioning.kind={self.kind!r} is not known; allowed: {', '.join(KINDS)}"
-            )
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"conditioning.dropout={self.dropout!r} must be in [0, 1).")
+        one_of("conditioning.kind", self.kind, KINDS)
+        require(
+            0.0 <= self.dropout < 1.0, "conditioning.dropout", self.dropout, "must be in [0, 1)."
+        )
 
 
 @jax.tree_util.register_dataclass

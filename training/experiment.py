@@ -1,4 +1,4 @@
-"""Turns a ConfigDict into the plain objects a run needs, validating everything before compiling."""
+"""Turns a run config into the plain objects a run needs (all checks happen before, once)."""
 
 from __future__ import annotations
 
@@ -13,43 +13,44 @@ from flax import nnx
 from jax.sharding import Mesh
 
 import sharding
-from diffusion import schedules
 from diffusion.schedules import NoiseSchedule
 from errors import ConfigError
 from input_pipeline import captions, pipeline
 from models import registry
 from models.functional import FunctionalModel, functionalize
 from training import conditioning
-from training.conditioning import ConditioningConfig, SampleConditions, TextBank
-from training.optimizer import OptimizerConfig, learning_rate_schedule, make_optimizer
+from training.conditioning import SampleConditions, TextBank
+from training.optimizer import learning_rate_schedule, make_optimizer
+from training.run_config import RunConfig, TextEncoderConfig
 from training.sampling import SamplerConfig
 from training.train_step import StepConfig
-from training.validation import config_errors, validate_config
 
 
 @dataclasses.dataclass(frozen=True)
 class Experiment:
-    """Everything derived from the config: data, schedule, network, optimizer, sampler, mesh."""
+    """Everything derived from the run config: schedule, network, optimizer, sampler, mesh."""
 
-    data: pipeline.DataConfig
-    schedule: NoiseSchedule
+    run: RunConfig  # the typed config everything below was built from
+    schedule: NoiseSchedule | None  # the VP schedule (None for flow)
     build_model: Callable[[nnx.Rngs], nnx.Module]
     model: FunctionalModel
-    optimizer_config: OptimizerConfig
     optimizer: optax.GradientTransformation
     learning_rate_fn: optax.Schedule
     step_config: StepConfig
-    sampler: SamplerConfig
     mesh: Mesh
     sharding_rules: tuple[tuple[str, str], ...] = ()  # logical axis -> mesh axis, in order
-    sequence_parallel: bool = False  # residual stream split by tokens over 'tensor'
-    donate_state: bool = True  # the train step reuses the input state's buffers
-    flow_shift: float = 1.0
-    conditioning: ConditioningConfig = ConditioningConfig()
     num_classes: int = 0
     text_encoder: Any = None  # models.text_encoders.TextEncoder when conditioning.kind = "text"
     caption_bank: TextBank | None = None  # the dataset's captions + the empty prompt (null row)
     sample_conditions: SampleConditions | None = None  # what sample grids / --mode=sample draw
+
+    @property
+    def data(self) -> pipeline.DataConfig:
+        return self.run.data
+
+    @property
+    def sampler(self) -> SamplerConfig:
+        return self.run.sampler
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -57,74 +58,50 @@ class Experiment:
 
 
 def build_experiment(
-    config: ml_collections.ConfigDict, devices: list[jax.Device] | None = None
+    config: RunConfig | ml_collections.ConfigDict, devices: list[jax.Device] | None = None
 ) -> Experiment:
-    """Validates the config and builds the run's objects.
+    """Builds the run's objects from a RunConfig (or a ConfigDict, turned into one first).
 
-    Every check runs first (`training.validation.validate_config`: ConfigError naming the field);
-    the only computation, after them, is the frozen text encoder's one pass over the dataset's
-    captions and the sampling prompts (text-conditioned runs).
+    Every check runs in `RunConfig.from_configdict` (ConfigError naming the field); the only
+    computation here is the frozen text encoder's one pass over the dataset's captions and the
+    sampling prompts (text-conditioned runs).
     """
     devices = list(devices or jax.devices())
-    validate_config(config, len(devices), jax.process_count())
-    mesh_config = sharding.MeshConfig(**config.mesh)
-    mesh = sharding.make_mesh(mesh_config, devices)
-    sharding_rules = sharding.rules_for(mesh, mesh_config.rules)
-    data = pipeline.data_config_from(config.data)
-    diffusion_cfg = config.diffusion
-    schedule = schedules.make_schedule(
-        diffusion_cfg.schedule,
-        diffusion_cfg.num_timesteps,
-        diffusion_cfg.beta_start,
-        diffusion_cfg.beta_end,
-    )
-    cond = ConditioningConfig(**config.conditioning)
+    run = config
+    if not isinstance(run, RunConfig):
+        run = RunConfig.from_configdict(config, len(devices), jax.process_count())
+    mesh = sharding.make_mesh(run.mesh, devices)
+    data, cond, sampler = run.data, run.conditioning, run.sampler
     num_classes = pipeline.num_classes(data.name)
     encoder, caption_table = None, []
     if cond.kind == "text":
         if data.name in captions.CAPTIONS:  # else free text, embedded batch by batch
             caption_table = captions.caption_table(data.name)
-        encoder = load_text_encoder(config.text_encoder)  # reads files; runs nothing yet
+        encoder = load_text_encoder(run.text_encoder)  # reads files; runs nothing yet
     # The null condition: the reserved class row, or the caption bank's last (empty) prompt.
     null_id = {"none": 0, "class": num_classes, "text": len(caption_table)}[cond.kind]
-    with config_errors("model"):  # checked already, now with the encoder's real widths
-        model_config = registry.make_model_config(
-            config.model,
-            image_size=data.image_size,
-            channels=data.channels,
-            num_classes=num_classes if cond.kind == "class" else None,
-            context_dim=encoder.hidden_size if encoder else None,
-            pooled_dim=encoder.pooled_size if encoder else None,
-        )
-    build = registry.build_model(model_config)
-    optimizer_config = OptimizerConfig(**config.optimizer)
-    sampler = SamplerConfig(**config.sampler)
-    # All checks passed: now the encoder's one pass over the captions and the prompts.
+    build = registry.build_model(run.model)
     bank = conditioning.caption_bank(encoder, caption_table) if encoder else None
     return Experiment(
-        data=data,
-        schedule=schedule,
+        run=run,
+        schedule=run.diffusion.make_schedule(),
         build_model=build,
         model=functionalize(build),
-        optimizer_config=optimizer_config,
-        optimizer=make_optimizer(optimizer_config),
-        learning_rate_fn=learning_rate_schedule(optimizer_config),
+        optimizer=make_optimizer(run.optimizer),
+        learning_rate_fn=learning_rate_schedule(run.optimizer),
         step_config=StepConfig(
-            prediction=diffusion_cfg.prediction,
-            ema_decay=optimizer_config.ema_decay,
-            process=diffusion_cfg.process,
+            precond=run.diffusion.precond,
+            weighting=run.diffusion.weighting,
+            time_sampling=run.diffusion.time_sampling,
+            ema_decay=run.optimizer.ema_decay,
+            process=run.diffusion.process,
             conditioning=cond.kind,
             cond_dropout=cond.dropout if cond.kind != "none" else 0.0,
             null_id=null_id,
-            grad_accumulation_steps=config.training.grad_accumulation_steps,
+            grad_accumulation_steps=run.training.grad_accumulation_steps,
         ),
-        flow_shift=diffusion_cfg.flow_shift,
-        sampler=sampler,
         mesh=mesh,
-        sharding_rules=sharding_rules,
-        sequence_parallel=mesh_config.sequence_parallel,
-        donate_state=config.training.donate_state,
-        conditioning=cond,
+        sharding_rules=sharding.rules_for(mesh, run.mesh.rules),
         num_classes=num_classes,
         text_encoder=encoder,
         caption_bank=bank,
@@ -143,7 +120,7 @@ def build_experiment(
     )
 
 
-def load_text_encoder(encoder_cfg: ml_collections.ConfigDict) -> Any:
+def load_text_encoder(encoder_cfg: TextEncoderConfig) -> Any:
     """The frozen encoder named by `config.text_encoder` ("" path: the shipped MiniLM copy)."""
     from models import text_encoders  # noqa: PLC0415 (tokenizers etc. only when text is used)
 

@@ -17,10 +17,10 @@ from input_pipeline import device_prefetch, pipeline
 from models.functional import init_params
 from training import checkpointing, conditioning, images, nonfinite, preemption
 from training.experiment import Experiment, build_experiment
+from training.run_config import RunConfig
 from training.sampling import make_sample_fn
 from training.train_state import TrainState, create_train_state
 from training.train_step import jit_train_step
-from training.validation import validate_workdir
 
 
 def state_shardings(experiment: Experiment, abstract_state: TrainState) -> TrainState:
@@ -87,8 +87,8 @@ def make_train_step(experiment: Experiment, shardings: TrainState):
         optimizer=experiment.optimizer,
         learning_rate_fn=experiment.learning_rate_fn,
         config=experiment.step_config,
-        sequence_parallel=experiment.sequence_parallel,
-        donate_state=experiment.donate_state,
+        sequence_parallel=experiment.run.mesh.sequence_parallel,
+        donate_state=experiment.run.training.donate_state,
     )
 
 
@@ -99,14 +99,14 @@ def experiment_sample_fn(experiment: Experiment, params_sharding):
         experiment.model,
         experiment.schedule,
         experiment.sampler,
-        prediction=experiment.step_config.prediction,
+        precond=experiment.step_config.precond,
         image_shape=experiment.image_shape,
         mesh=experiment.mesh,
         params_sharding=params_sharding,
         process=experiment.step_config.process,
-        flow_shift=experiment.flow_shift,
+        flow_shift=experiment.run.diffusion.flow_shift,
         conditions=experiment.sample_conditions,
-        sequence_parallel=experiment.sequence_parallel,
+        sequence_parallel=experiment.run.mesh.sequence_parallel,
     )
 
 
@@ -162,7 +162,7 @@ def _to_device(experiment: Experiment, host_batch: dict[str, np.ndarray]) -> dic
     return sharding.host_batch_to_global(host_batch, experiment.mesh)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
+def train_and_evaluate(config: RunConfig | ml_collections.ConfigDict, workdir: str) -> TrainState:
     """Trains (or resumes) the run described by `config`, writing everything under `workdir`.
 
     On SIGTERM (preemption) it checkpoints the step it is at and returns normally. Steps with a
@@ -175,11 +175,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
 
 
 def _train(
-    config: ml_collections.ConfigDict, workdir: str, watcher: preemption.PreemptionWatcher
+    config: RunConfig | ml_collections.ConfigDict,
+    workdir: str,
+    watcher: preemption.PreemptionWatcher,
 ) -> TrainState:
     """train_and_evaluate's body: build, restore, then the step loop until the end or SIGTERM."""
-    validate_workdir(workdir)  # created if missing; ConfigError naming --workdir if unwritable
+    checkpointing.validate_workdir(workdir)  # created if missing; ConfigError if unwritable
     experiment = build_experiment(config)  # all validation happens here, before any compile
+    config = experiment.run  # the typed run config, built once
     pipeline.require_data(experiment.data)  # a dataset missing from data.data_dir, before init
     mesh = experiment.mesh
     logging.info("Mesh %s over %d devices", dict(mesh.shape), mesh.devices.size)
@@ -190,7 +193,7 @@ def _train(
     state, shardings = init_or_restore(experiment, manager, config.seed)
     start_step = int(jax.device_get(state.step))
     if start_step == 0:
-        writer.write_hparams(flatten_config(config))
+        writer.write_hparams(flatten_config(config.to_configdict()))
     logging.info("Starting at step %d of %d", start_step, config.num_train_steps)
 
     train_step = make_train_step(experiment, shardings)

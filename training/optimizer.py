@@ -6,41 +6,40 @@ import dataclasses
 
 import optax
 
-from errors import ConfigError
+from schema import field, one_of, require
 
 OPTIMIZERS = ("adam", "adamw")
 
 
 @dataclasses.dataclass(frozen=True)
 class OptimizerConfig:
-    """Typed view of `config.optimizer`."""
+    """`config.optimizer`: Adam(W) with warmup, clipping and the EMA of the parameters."""
 
-    name: str = "adam"
-    learning_rate: float = 2e-4
-    warmup_steps: int = 5000
-    b1: float = 0.9
-    b2: float = 0.999
-    eps: float = 1e-8
-    weight_decay: float = 0.0
-    grad_clip_norm: float = 1.0
-    ema_decay: float = 0.9999
+    name: str = field("adam", "'adam' | 'adamw'.")
+    learning_rate: float = field(2e-4, "Peak learning rate after warmup.")
+    warmup_steps: int = field(5000, "Linear warmup from 0 to the peak.")
+    b1: float = field(0.9, "Adam beta1.")
+    b2: float = field(0.999, "Adam beta2.")
+    eps: float = field(1e-8, "Adam epsilon.")
+    weight_decay: float = field(0.0, "Decoupled weight decay (adamw only).")
+    grad_clip_norm: float = field(1.0, "Global-norm gradient clipping; 0 disables.")
+    ema_decay: float = field(0.9999, "EMA of parameters used for sampling.")
 
     def validate(self) -> None:
         """Raises ConfigError naming the bad field before anything is compiled."""
-        if self.name not in OPTIMIZERS:
-            raise ConfigError(
-                f"optimizer.name={self.name!r} is unknown; choose one of {list(OPTIMIZERS)}."
-            )
-        if not self.learning_rate > 0:
-            raise ConfigError(f"optimizer.learning_rate={self.learning_rate} must be > 0.")
-        if self.warmup_steps < 0:
-            raise ConfigError(f"optimizer.warmup_steps={self.warmup_steps} must be >= 0.")
+        one_of("optimizer.name", self.name, OPTIMIZERS)
+        require(
+            self.learning_rate > 0, "optimizer.learning_rate", self.learning_rate, "must be > 0."
+        )
+        require(
+            self.warmup_steps >= 0, "optimizer.warmup_steps", self.warmup_steps, "must be >= 0."
+        )
         for name in ("b1", "b2", "ema_decay"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ConfigError(f"optimizer.{name}={getattr(self, name)} must be in [0, 1).")
+            value = getattr(self, name)
+            require(0.0 <= value < 1.0, f"optimizer.{name}", value, "must be in [0, 1).")
         for name in ("eps", "weight_decay", "grad_clip_norm"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"optimizer.{name}={getattr(self, name)} must be >= 0.")
+            value = getattr(self, name)
+            require(value >= 0, f"optimizer.{name}", value, "must be >= 0.")
 
 
 def learning_rate_schedule(config: OptimizerConfig) -> optax.Schedule:

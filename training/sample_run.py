@@ -12,15 +12,17 @@ from absl import logging
 
 from training import checkpointing, images, loop
 from training.experiment import build_experiment
+from training.run_config import RunConfig
 
 
-def restore_sampler(config: ml_collections.ConfigDict, workdir: str):
+def restore_sampler(config: RunConfig | ml_collections.ConfigDict, workdir: str):
     """(experiment, restored train state, sample_fn) for the latest checkpoint under `workdir`.
 
     `sample_fn(params, key, num_steps=None, guidance_scale=None)` is compiled on first use;
     changing the guidance scale (or, with sampler.max_steps, the step count) reuses that compile.
     """
     experiment = build_experiment(config)
+    config = experiment.run
     manager = checkpointing.make_manager(workdir, config.max_checkpoints_to_keep)
     if manager.latest_step() is None:
         raise FileNotFoundError(
@@ -32,7 +34,9 @@ def restore_sampler(config: ml_collections.ConfigDict, workdir: str):
     return experiment, state, sample_fn
 
 
-def sample_from_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> np.ndarray:
+def sample_from_checkpoint(
+    config: RunConfig | ml_collections.ConfigDict, workdir: str
+) -> np.ndarray:
     """Samples `sampler.num_samples` images (per prompt) from the EMA params with `sampler.*`.
 
     Writes `samples/<sampler>_<steps>steps[_cfg<scale>]_step<ckpt>.png` and `.npz` (key `samples`:
@@ -43,7 +47,7 @@ def sample_from_checkpoint(config: ml_collections.ConfigDict, workdir: str) -> n
     step = int(jax.device_get(state.step))
     sampler = experiment.sampler
     start = time.perf_counter()
-    samples = sample_fn(state.ema_params, jax.random.key(config.seed))
+    samples = sample_fn(state.ema_params, jax.random.key(experiment.run.seed))
     elapsed = time.perf_counter() - start
     logging.info(
         "Sampled %d images at checkpoint step %d with %s (%d steps, %s spacing) in %.1f s",

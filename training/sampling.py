@@ -12,66 +12,85 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 import sharding
-from diffusion import flow, grids, guidance, samplers
+from diffusion import grids, guidance, samplers, solvers
+from diffusion.precond import Precond
 from diffusion.schedules import NoiseSchedule
-from errors import ConfigError
 from models.functional import FunctionalModel, Params
+from schema import field, one_of, require
 from training.conditioning import SampleConditions
+
+MAX_SAMPLES = 65_536  # images per prompt / class in one sampling batch (allocated whole)
 
 
 @dataclasses.dataclass(frozen=True)
 class SamplerConfig:
-    """Typed view of `config.sampler`."""
+    """`config.sampler`: how sample grids and --mode=sample draw images."""
 
-    name: str = "ddim"
-    num_steps: int = 100
-    max_steps: int = 0  # pad the step grid to this length (0: no padding), one compile for all
-    spacing: str = "trailing"
-    eta: float = 0.0
-    num_samples: int = 64
-    thresholding: str = "static"
-    dynamic_percentile: float = 0.995
-    guidance_scale: float = 1.0
-    guidance_rescale: float = 0.0
-    prompts: str = ""  # ";"-separated; "" = one per class from the dataset's captions
-    negative_prompt: str = ""  # replaces the unconditional branch; "" = the null condition
-    class_labels: str = ""  # class-conditional models: "3,5"; "" = every class
+    name: str = field("ddim", f"One of: {', '.join(solvers.SAMPLERS)} (flow: euler, heun).")
+    num_steps: int = field(100, "Reverse steps (Heun evaluates the network twice per step).")
+    max_steps: int = field(
+        0,
+        "Pad the step grid to this length so every num_steps <= max_steps shares one compile "
+        "(padding steps are skipped and cost no network calls); 0 disables padding.",
+    )
+    spacing: str = field(
+        "trailing", "linspace | leading | trailing | karras (Lin et al. 2024); VP models only."
+    )
+    eta: float = field(0.0, "DDIM stochasticity: 0 is deterministic, 1 matches DDPM's variance.")
+    num_samples: int = field(64, "Images per grid / --mode=sample run (per prompt if any).")
+    thresholding: str = field("static", "none | static (clip x0 to [-1, 1]) | dynamic (Imagen).")
+    dynamic_percentile: float = field(0.995, "Quantile of |x0| for dynamic thresholding.")
+    guidance_scale: float = field(1.0, "Classifier-free guidance scale (conditional models).")
+    guidance_rescale: float = field(0.0, "Lin et al. 2023 guidance rescale phi in [0, 1].")
+    prompts: str = field(
+        "", "Prompts separated by ';' ('' = one per class from the data's captions)."
+    )
+    negative_prompt: str = field(
+        "", "Replaces the unconditional CFG branch ('' = the null condition)."
+    )
+    class_labels: str = field(
+        "", "Class-conditional models: labels to draw, e.g. '3,5' ('' = every class)."
+    )
 
-    def validate(self, num_timesteps: int, process: str = "ddpm", flow_shift: float = 1.0) -> None:
-        """Raises ConfigError naming the `sampler.*` field before anything is compiled.
-
-        A flow model (`process="flow"`) is integrated on its own time grid: only the name, the
-        step count and the shift apply, not the DDPM grid's spacing, eta or thresholding.
-        """
-        if process == "flow":
-            try:
-                flow.validate_flow_sampler(self.name, self.num_steps, flow_shift)
-            except ValueError as err:
-                raise ConfigError(f"{err} (diffusion.process='flow')") from err
-        else:
-            samplers.validate_sampler(self.name, self.num_steps, num_timesteps, self.spacing)
-            guidance.validate_thresholding(self.thresholding, self.dynamic_percentile)
-            if not 0.0 <= self.eta <= 1.0:
-                raise ConfigError(f"sampler.eta={self.eta!r} must be in [0, 1].")
-            if self.max_steps and not self.num_steps <= self.max_steps <= num_timesteps:
-                raise ConfigError(
-                    f"sampler.max_steps={self.max_steps!r} must be 0 (no padding) or in "
-                    f"[sampler.num_steps={self.num_steps}, {num_timesteps}]."
-                )
-        if not 0.0 <= self.guidance_rescale <= 1.0:
-            raise ConfigError(
-                f"sampler.guidance_rescale={self.guidance_rescale!r} must be in [0, 1]."
-            )
-        if self.num_samples < 1:
-            raise ConfigError(f"sampler.num_samples={self.num_samples!r} must be >= 1.")
+    def validate(self) -> None:
+        """Field-level checks; those against the process and schedule are cross-section ones."""
+        one_of("sampler.name", self.name, solvers.SAMPLERS)
+        require(self.num_steps >= 1, "sampler.num_steps", self.num_steps, "must be >= 1.")
+        require(
+            self.max_steps == 0 or self.max_steps >= self.num_steps,
+            "sampler.max_steps",
+            self.max_steps,
+            f"must be 0 (no padding) or >= sampler.num_steps={self.num_steps}.",
+        )
+        one_of("sampler.spacing", self.spacing, grids.SPACINGS)
+        require(0.0 <= self.eta <= 1.0, "sampler.eta", self.eta, "must be in [0, 1].")
+        one_of("sampler.thresholding", self.thresholding, guidance.THRESHOLDINGS)
+        require(
+            0.0 < self.dynamic_percentile <= 1.0,
+            "sampler.dynamic_percentile",
+            self.dynamic_percentile,
+            "must be in (0, 1].",
+        )
+        require(
+            0.0 <= self.guidance_rescale <= 1.0,
+            "sampler.guidance_rescale",
+            self.guidance_rescale,
+            "must be in [0, 1].",
+        )
+        require(
+            1 <= self.num_samples <= MAX_SAMPLES,
+            "sampler.num_samples",
+            self.num_samples,
+            f"must be in [1, {MAX_SAMPLES}] (images per prompt in one sampling batch).",
+        )
 
 
 def make_sample_fn(
     model: FunctionalModel,
-    schedule: NoiseSchedule,
+    schedule: NoiseSchedule | None,
     sampler: SamplerConfig,
     *,
-    prediction: str,
+    precond: Precond,
     image_shape: tuple[int, int, int],
     mesh: Mesh,
     params_sharding,
@@ -113,15 +132,11 @@ def make_sample_fn(
             None if cond is None else guidance_scale,
             sampler.guidance_rescale,
         )
-        if process == "flow":
-            return flow.sample_flow(
-                guided, x_T, sampler=sampler.name, num_steps=sampler.num_steps, shift=flow_shift
-            )[0]
         denoise = samplers.make_denoiser(
-            guided, prediction, sampler.thresholding, sampler.dynamic_percentile
+            guided, precond, sampler.thresholding, sampler.dynamic_percentile, process
         )
         return samplers.sample_on_grid(
-            denoise, grid, x_T, chain_key, sampler=sampler.name, eta=sampler.eta
+            denoise, grid, x_T, chain_key, sampler=sampler.name, eta=sampler.eta, process=process
         ).samples
 
     jitted = jax.jit(
@@ -147,16 +162,17 @@ def make_sample_fn(
         count up to it reuses one compiled chain) and `guidance_scale` (default the config's)."""
         num_steps = sampler.num_steps if num_steps is None else num_steps
         scale = sampler.guidance_scale if guidance_scale is None else guidance_scale
-        grid = None
-        if process != "flow":
-            samplers.validate_sampler(sampler.name, num_steps, schedule.num_timesteps)
-            grid = grids.make_grid(
-                schedule,
-                num_steps,
-                sampler.spacing,
-                max_steps=sampler.max_steps or None,
-                sampler=sampler.name,
-            )
+        num_timesteps = schedule.num_timesteps if schedule is not None else None
+        samplers.validate_sampler(sampler.name, num_steps, num_timesteps, sampler.spacing, process)
+        grid = samplers.make_grid(
+            sampler.name,
+            num_steps,
+            process=process,
+            schedule=schedule,
+            spacing=sampler.spacing,
+            flow_shift=flow_shift,
+            max_steps=sampler.max_steps or None,
+        )
         images = jitted(params, key, grid, cond, uncond, jnp.float32(scale))
         images = multihost_utils.process_allgather(images, tiled=True)
         # The data range is [-1, 1]; the last step can overshoot it by float rounding.

@@ -11,8 +11,11 @@ import jax.numpy as jnp
 import optax
 
 import sharding
-from diffusion import flow, losses
+from diffusion import losses
+from diffusion.precond import Precond
+from diffusion.processes import TimeSampling
 from diffusion.schedules import NoiseSchedule
+from diffusion.weighting import Weighting
 from models.functional import FunctionalModel
 from training import conditioning
 from training.train_state import TrainState, step_key
@@ -22,9 +25,11 @@ from training.train_state import TrainState, step_key
 class StepConfig:
     """Static settings of the train step (hashable, so the step compiles once)."""
 
-    prediction: str = "eps"
+    precond: Precond = Precond()  # the network's parameterisation: target of the loss
+    weighting: Weighting = Weighting()  # loss weighting over noise levels
+    time_sampling: TimeSampling = TimeSampling()  # how noise levels are drawn
     ema_decay: float = 0.9999
-    process: str = "ddpm"  # "ddpm": noise-prediction loss; "flow": velocity (flow matching)
+    process: str = "ddpm"  # "ddpm": VP schedule; "flow": rectified flow
     conditioning: str = "none"  # none | class | text (see training/conditioning.py)
     cond_dropout: float = 0.0  # chance of the null condition per example (CFG training)
     null_id: int = 0  # id of the null condition (class count, or the bank's empty prompt)
@@ -90,7 +95,6 @@ def diffusion_loss(
     dropout_key: jax.Array,
     *,
     model: FunctionalModel,
-    schedule: NoiseSchedule,
     config: StepConfig,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """The loss of a (micro-)batch `inputs` = {image, draws: (t, noise), cond}, and its metrics."""
@@ -99,10 +103,8 @@ def diffusion_loss(
         return model.apply(params, x_t, t, dropout_key=dropout_key, **inputs["cond"])
 
     with jax.named_scope("diffusion_loss"):
-        if config.process == "flow":
-            return flow.flow_matching_loss(model_fn, inputs["image"], None, draws=inputs["draws"])
-        return losses.noise_prediction_loss(
-            model_fn, schedule, inputs["image"], None, config.prediction, draws=inputs["draws"]
+        return losses.diffusion_loss(
+            model_fn, inputs["image"], inputs["draws"], config.precond, config.weighting
         )
 
 
@@ -112,7 +114,7 @@ def train_step(
     bank: conditioning.TextBank | None = None,
     *,
     model: FunctionalModel,
-    schedule: NoiseSchedule,
+    schedule: NoiseSchedule | None,
     optimizer: optax.GradientTransformation,
     learning_rate_fn: optax.Schedule,
     config: StepConfig,
@@ -138,12 +140,9 @@ def train_step(
         config.null_id,
     )
     images = batch["image"].astype(jnp.float32)  # [B, H, W, C]
-    if config.process == "flow":
-        draws = flow.draw_flow_noise(loss_key, images)
-    else:
-        draws = losses.draw_noise(loss_key, images, schedule.num_timesteps)
+    draws = losses.draw_noise(loss_key, images, schedule, config.process, config.time_sampling)
     inputs = {"image": images, "draws": draws, "cond": cond}
-    loss_fn = functools.partial(diffusion_loss, model=model, schedule=schedule, config=config)
+    loss_fn = functools.partial(diffusion_loss, model=model, config=config)
     grads, aux = accumulate_gradients(
         jax.value_and_grad(loss_fn, has_aux=True),
         state.params,

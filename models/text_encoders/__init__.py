@@ -6,6 +6,14 @@ from models.text_encoders.encoder import (
     TextEncoder,
     default_path,
     load_text_encoder,
+    text_widths,
 )
 
-__all__ = ["ENCODERS", "TextEmbeddings", "TextEncoder", "default_path", "load_text_encoder"]
+__all__ = [
+    "ENCODERS",
+    "TextEmbeddings",
+    "TextEncoder",
+    "default_path",
+    "load_text_encoder",
+    "text_widths",
+]

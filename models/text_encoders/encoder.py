@@ -93,21 +93,7 @@ def load_text_encoder(
         return None
     if dtype not in DTYPES:
         raise ValueError(f"text_encoder.dtype must be one of {DTYPES}, got {dtype!r}.")
-    family = _FAMILIES[name]
-    directory = weights.check_checkpoint_dir(path)
-    hf_config = weights.read_config(directory)
-    model_type = hf_config.get("model_type")
-    if model_type not in family.model_types:
-        raise ValueError(
-            f"text_encoder.name={name!r} reads config.json model_type {family.model_types}, but "
-            f"{str(directory)!r} has model_type {model_type!r}."
-        )
-    config = family.parse_config(hf_config)
-    if config.max_positions is not None and max_length > config.max_positions:
-        raise ValueError(
-            f"text_encoder.max_length={max_length} exceeds the {config.max_positions} positions "
-            f"of {str(directory)!r}."
-        )
+    directory, family, config = _checkpoint_config(name, path, max_length)
     tokenizer = TextTokenizer(
         directory, max_length, family.special_tokens, config_pad_id=config.pad_token_id
     )
@@ -133,6 +119,35 @@ def load_text_encoder(
         tokenizer=tokenizer,
         forward=network.apply,
     )
+
+
+def text_widths(name: str, path: str | os.PathLike, max_length: int) -> tuple[int, int]:
+    """(hidden size, pooled size) of a checkpoint, read from its config.json alone (no weights):
+    what the denoiser's cross-attention and pooled input are built for."""
+    _, _, config = _checkpoint_config(name, path, max_length)
+    return config.hidden_size, config.pooled_size
+
+
+def _checkpoint_config(name: str, path: str | os.PathLike, max_length: int):
+    """(directory, family, parsed config) after checking the files, model type and length."""
+    if name not in _FAMILIES:
+        raise ValueError(f"text_encoder.name must be one of {tuple(_FAMILIES)}, got {name!r}.")
+    family = _FAMILIES[name]
+    directory = weights.check_checkpoint_dir(path)
+    hf_config = weights.read_config(directory)
+    model_type = hf_config.get("model_type")
+    if model_type not in family.model_types:
+        raise ValueError(
+            f"text_encoder.name={name!r} reads config.json model_type {family.model_types}, but "
+            f"{str(directory)!r} has model_type {model_type!r}."
+        )
+    config = family.parse_config(hf_config)
+    if config.max_positions is not None and max_length > config.max_positions:
+        raise ValueError(
+            f"text_encoder.max_length={max_length} exceeds the {config.max_positions} positions "
+            f"of {str(directory)!r}."
+        )
+    return directory, family, config
 
 
 def default_path(name: str) -> str:

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffusion import grids, samplers, schedules
+from diffusion import grids, samplers, schedules, solvers
 
 torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
@@ -78,7 +78,7 @@ def _reference(sampler, schedule, num_steps, spacing, x_T, noises, eta):
         np.asarray(schedule.alphas_cumprod), dtype=torch.float32
     )
     timesteps, sigmas = grids.timesteps_and_sigmas(
-        schedule, num_steps, spacing, skip_zero=sampler in grids.MULTISTEP_SOLVERS
+        schedule, num_steps, spacing, skip_zero=solvers.SAMPLERS[sampler].skip_zero
     )
     scheduler.set_timesteps(num_steps)
     if class_name in ("DPMSolverMultistepScheduler", "UniPCMultistepScheduler"):

@@ -1,5 +1,6 @@
 import pytest
 
+import schema
 from configs import cifar_ddpm, digits_ddpm
 from errors import ConfigError
 from input_pipeline import pipeline
@@ -7,7 +8,7 @@ from input_pipeline import pipeline
 
 def test_shipped_configs_are_valid():
     for module in (digits_ddpm, cifar_ddpm):
-        pipeline.validate_data_config(pipeline.data_config_from(module.get_config().data))
+        schema.build(pipeline.DataConfig, module.get_config().data, "data")
     assert pipeline.num_classes("digits") == pipeline.num_classes("cifar10") == 10
 
 
@@ -16,13 +17,13 @@ def test_shipped_configs_are_valid():
     [
         ({"name": "mnist"}, r"data\.name='mnist' is not known; allowed: digits, cifar10"),
         ({"image_size": 12}, r"data\.image_size=12 .*use 8 or a multiple"),
-        ({"channels": 3}, r"data\.channels=3 but digits has 1"),
+        ({"channels": 3}, r"data\.channels=3 does not match digits, which has 1"),
         ({"shuffle_buffer": 0}, r"data\.shuffle_buffer=0"),
     ],
 )
 def test_bad_fields_are_named(changes, match):
     with pytest.raises(ValueError, match=match):
-        pipeline.validate_data_config(pipeline.DataConfig(**changes))
+        pipeline.DataConfig(**changes).validate()
 
 
 def test_dispatch_yields_digits_batches():
@@ -33,7 +34,7 @@ def test_dispatch_yields_digits_batches():
 
 
 def test_a_missing_tfds_dataset_is_a_config_error_naming_the_data_dir(tmp_path):
-    cifar = pipeline.data_config_from(cifar_ddpm.get_config().data)
+    cifar = schema.build(pipeline.DataConfig, cifar_ddpm.get_config().data, "data")
     cifar = pipeline.DataConfig(**{**cifar.__dict__, "data_dir": str(tmp_path)})
     with pytest.raises(ConfigError, match="data.data_dir=") as error:
         pipeline.require_data(cifar)
@@ -41,5 +42,5 @@ def test_a_missing_tfds_dataset_is_a_config_error_naming_the_data_dir(tmp_path):
     unknown = pipeline.DataConfig(**{**cifar.__dict__, "name": "tfds", "tfds_name": "no_such_ds"})
     with pytest.raises(ConfigError, match="no_such_ds"):
         pipeline.require_data(unknown)
-    digits = pipeline.data_config_from(digits_ddpm.get_config().data)
+    digits = schema.build(pipeline.DataConfig, digits_ddpm.get_config().data, "data")
     pipeline.require_data(digits)  # shipped with scikit-learn: nothing to check on disk

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from input_pipeline.pipeline import DataConfig, create_train_iterator, validate_data_config
+from input_pipeline.pipeline import DataConfig, create_train_iterator
 
 CAPTIONS = ["a red square", "a blue field", "a green stripe", "a dark corner"]
 
@@ -107,4 +107,4 @@ def test_unknown_feature_and_missing_name_are_named(data_dir):
             )
         )
     with pytest.raises(ValueError, match=r"data\.tfds_name"):
-        validate_data_config(_config(data_dir, tfds_name=""))
+        _config(data_dir, tfds_name="").validate()

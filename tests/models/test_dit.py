@@ -25,14 +25,7 @@ TINY = DiTConfig(
     pooled_dim=6,
 )
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _fast_compiles():
-    """The numbers checked here do not depend on XLA's optimisation passes: skip them."""
-    previous = jax.config.read("jax_disable_most_optimizations")
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", previous)
+pytestmark = pytest.mark.usefixtures("fast_compiles")  # tests/models/conftest.py
 
 
 def _tiny(**changes) -> DiTConfig:
@@ -300,32 +293,6 @@ def test_fsdp_shards_the_stacked_blocks_but_never_the_layers_axis():
         assert spec is not None  # every parameter is named
 
 
-@pytest.mark.parametrize(
-    "changes,match",
-    [
-        (
-            {"patch_size": 3},
-            r"model\.patch_size=3 must be a positive divisor of data\.image_size=32",
-        ),
-        ({"size": "XXL"}, r"model\.size='XXL' is not one of \['S', 'B', 'L', 'XL'\]"),
-        ({"num_heads": 5}, r"model\.num_heads=5 must divide the hidden size 384"),
-        ({"hidden_size": 390, "num_heads": 6}, r"model\.pos_embed='sincos' needs .* 390"),
-        ({"pos_embed": "rope"}, r"model\.pos_embed='rope' is not one of \('sincos', 'learned'\)"),
-        ({"depth": 0}, r"model\.depth=0 must be a positive int or None"),
-        ({"dropout": 1.0}, r"model\.dropout=1.0 must be in \[0, 1\)"),
-        ({"num_classes": 0}, r"model\.num_classes=0 must be a positive int or None"),
-        ({"dtype": "float16"}, r"model\.dtype='float16' is not one of \['bfloat16', 'float32'\]"),
-        (
-            {"attention_impl": "flash"},
-            r"model\.attention_impl='flash' is not known; allowed: None, 'xla', 'cudnn'",
-        ),
-    ],
-)
-def test_invalid_configs_are_explained(changes, match):
-    with pytest.raises(ValueError, match=match):
-        DiTConfig(**changes).validate()
-
-
 def test_xla_attention_impl_gives_the_same_output_as_jaxs_choice():
     """Self-attention and cross-attention to the text tokens both take the setting."""
     model, apply = _network(_tiny(num_classes=None, pooled_dim=None))
@@ -358,85 +325,3 @@ def test_registry_builds_a_dit_from_the_model_config():
         registry.make_model_config({"name": "dit", "patch_size": 3}, image_size=32, channels=4)
     with pytest.raises(ValueError, match=r"model\.base_channels is not a field .*patch_size"):
         registry.make_model_config({"name": "dit", "base_channels": 8}, image_size=32, channels=4)
-
-
-def _torch_to_dit_params(reference, depth: int) -> dict:
-    """Our parameter tree (scanned layout) from diffusers' DiTTransformer2DModel weights."""
-    state = {name: value.detach().numpy() for name, value in reference.state_dict().items()}
-
-    def linear(prefix: str) -> dict:
-        return {"kernel": state[f"{prefix}.weight"].T, "bias": state[f"{prefix}.bias"]}
-
-    def block(i: int) -> dict:
-        prefix = f"transformer_blocks.{i}"
-        qkv = [linear(f"{prefix}.attn1.to_{name}") for name in "qkv"]
-        return {
-            "attention": {
-                "qkv": jax.tree.map(lambda *parts: np.concatenate(parts, axis=-1), *qkv),
-                "out": linear(f"{prefix}.attn1.to_out.0"),
-            },
-            "mlp_in": linear(f"{prefix}.ff.net.0.proj"),
-            "mlp_out": linear(f"{prefix}.ff.net.2"),
-            "modulation": linear(f"{prefix}.norm1.linear"),
-        }
-
-    conv = state["pos_embed.proj.weight"]  # [D, C, p, p] -> rows in patchify's (p, p, C) order
-    embedder = "transformer_blocks.0.norm1.emb"
-    time_in = linear(f"{embedder}.timestep_embedder.linear_1")
-    half = time_in["kernel"].shape[0] // 2  # diffusers' features are [cos | sin], ours [sin | cos]
-    time_in["kernel"] = np.concatenate([time_in["kernel"][half:], time_in["kernel"][:half]])
-    params = {
-        "patch_embed": {
-            "kernel": conv.transpose(2, 3, 1, 0).reshape(-1, conv.shape[0]),
-            "bias": state["pos_embed.proj.bias"],
-        },
-        "time_in": time_in,
-        "time_out": linear(f"{embedder}.timestep_embedder.linear_2"),
-        "class_embed": {"embedding": state[f"{embedder}.class_embedder.embedding_table.weight"]},
-        "blocks": jax.tree.map(lambda *leaves: np.stack(leaves), *map(block, range(depth))),
-        "final": {"modulation": linear("proj_out_1"), "linear": linear("proj_out_2")},
-    }
-    return jax.tree.map(jnp.asarray, params)
-
-
-def test_matches_diffusers_dit_with_the_same_weights():
-    """Forward-pass parity with diffusers' DiTTransformer2DModel (an independent implementation).
-
-    diffusers gives every block its own timestep/class embedder; block 0's is copied to all so
-    that they share ours. Random weights everywhere (the zero-initialised ones included).
-    """
-    torch = pytest.importorskip("torch")
-    diffusers = pytest.importorskip("diffusers")
-    config = _tiny(in_channels=4, out_channels=4, context_dim=None, pooled_dim=None)
-    config = DiTConfig(**{**config.__dict__, "learn_sigma": True})
-    torch.manual_seed(0)
-    reference = diffusers.DiTTransformer2DModel(
-        num_attention_heads=2,
-        attention_head_dim=16,
-        in_channels=4,
-        out_channels=8,
-        num_layers=2,
-        sample_size=8,
-        patch_size=2,
-        num_embeds_ada_norm=10,
-        norm_eps=1e-6,
-    ).eval()
-    with torch.no_grad():
-        for parameter in reference.parameters():
-            parameter.normal_(0.0, 0.1)
-        shared = reference.transformer_blocks[0].norm1.emb.state_dict()
-        for block in reference.transformer_blocks[1:]:
-            block.norm1.emb.load_state_dict(shared)
-    params = _torch_to_dit_params(reference, depth=2)
-    x, _ = _inputs(2, config)
-    t = jnp.array([3.0, 617.0])
-    labels = jnp.array([4, 10])  # a class and the null class
-    with torch.no_grad():
-        expected = reference(
-            torch.from_numpy(np.asarray(x).transpose(0, 3, 1, 2).copy()),
-            timestep=torch.from_numpy(np.array(t)),
-            class_labels=torch.from_numpy(np.array(labels)),
-        ).sample.numpy()
-    assert np.abs(expected).max() > 0.5
-    out = _network(config)[1](params, x, t, class_labels=labels)
-    np.testing.assert_allclose(out, expected.transpose(0, 2, 3, 1), rtol=1e-4, atol=1e-4)

@@ -1,3 +1,4 @@
+import json
 import logging
 import os
 import pathlib
@@ -12,7 +13,11 @@ from jax.sharding import PartitionSpec as P
 
 import errors
 import sharding
-from training import checkpointing
+from configs import digits_ddpm, digits_flow
+from diffusion import losses
+from input_pipeline.digits import load_digits_images
+from training import checkpointing, loop
+from training.experiment import build_experiment
 from training.train_state import TrainState, create_train_state
 
 
@@ -156,3 +161,70 @@ def test_shape_mismatch_raises_before_restoring_and_leaves_the_checkpoint(tmp_pa
     assert "left untouched" in message and "fresh --workdir" in message
     assert "step 2" in message
     assert snapshot(tmp_path / "checkpoints") == before
+
+
+def test_workdir_is_created_and_must_be_writable(tmp_path):
+    workdir = tmp_path / "runs" / "a"
+    checkpointing.validate_workdir(str(workdir))
+    assert workdir.is_dir() and os.listdir(workdir) == []  # the write probe leaves nothing
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(
+        errors.ConfigError, match=rf"--workdir='{blocker}/run' is not a writable dir"
+    ):
+        checkpointing.validate_workdir(str(blocker / "run"))
+    with pytest.raises(errors.ConfigError, match=r"--workdir='' must name a directory"):
+        checkpointing.validate_workdir("")
+    checkpointing.validate_workdir("gs://bucket/run")  # remote: left to Orbax
+
+
+def test_training_refuses_an_unwritable_workdir_first(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(
+        errors.ConfigError, match=r"--workdir=.*file/run' is not a writable directory"
+    ):
+        loop.train_and_evaluate(digits_ddpm.get_config(), str(blocker / "run"))
+
+
+BEFORE = pathlib.Path(__file__).resolve().parents[1] / "data" / "checkpoints_before_run_config"
+
+
+def _compat_config(module):
+    """The settings the checkpoints in tests/data/checkpoints_before_run_config were made with."""
+    config = module.get_config()
+    config.update(num_train_steps=3, batch_size=16, sample_every_steps=0, max_checkpoints_to_keep=1)
+    config.model.update(
+        base_channels=8,
+        channel_mult=(1,),
+        num_res_blocks=1,
+        attention_resolutions=(),
+        num_heads=1,
+        num_groups=4,
+        dropout=0.0,
+    )
+    config.optimizer.warmup_steps = 0
+    return config
+
+
+@pytest.mark.parametrize("name,module", [("ddpm", digits_ddpm), ("flow", digits_flow)])
+def test_checkpoints_of_earlier_runs_restore_and_give_the_same_loss(name, module, tmp_path):
+    """A checkpoint from before the run config / precond change restores into today's state,
+    and the loss on a fixed batch and key equals what the earlier code computed (1e-6)."""
+    workdir = tmp_path / name
+    shutil.copytree(BEFORE / name, workdir)
+    experiment = build_experiment(_compat_config(module))
+    manager = checkpointing.make_manager(str(workdir), 1)
+    state, _ = loop.init_or_restore(experiment, manager, seed=0)
+    assert int(jax.device_get(state.step)) == 3
+    images = jnp.asarray(load_digits_images()[0][:16], jnp.float32)
+    params = jax.device_get(state.ema_params)
+    config = experiment.step_config
+    draws = losses.draw_noise(
+        jax.random.key(123), images, experiment.schedule, config.process, config.time_sampling
+    )
+    loss, _ = losses.diffusion_loss(
+        lambda x, t: experiment.model.apply(params, x, t), images, draws, config.precond
+    )
+    expected = json.loads((BEFORE / "losses_before.json").read_text())[name]
+    assert float(loss) == pytest.approx(expected, rel=1e-6)

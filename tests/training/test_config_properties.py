@@ -1,13 +1,18 @@
 """Property: any config, however broken, is either accepted or refused with a ConfigError.
 
-Starting from the small digits configs, one or two fields are replaced by values drawn from
-valid choices, boundary numbers, unknown names, wrong types, None, or removed altogether.
-`validate_config` must then pass or raise `errors.ConfigError`; anything else (a TypeError,
-ZeroDivisionError, KeyError, an error from inside JAX or Flax) fails the test. Configs it
-accepts must also build (`build_experiment`) without any other exception.
+The fields and their types come from the schema itself (the section classes of
+training/run_config.py and every backbone's config), plausible values from what the shipped
+configs set: nothing here restates the schema. One or two fields of a small digits config are
+replaced by a plausible value, a wrong-typed value, junk, or removed. `RunConfig.from_configdict`
+must pass or raise `errors.ConfigError` naming the field; anything else (a TypeError, a
+ZeroDivisionError, an error from inside JAX or Flax) fails. Accepted configs must also build
+without compiling. Both outcomes must occur often, so a checker that refused (or accepted)
+everything would fail too.
 """
 
+import collections
 import math
+import typing
 
 import jax
 import ml_collections
@@ -15,15 +20,56 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from configs import digits_ddpm, digits_dit, digits_flow
-from diffusion import samplers
+import schema
+from configs import cifar_ddpm, cifar_dit, digits_ddpm, digits_dit, digits_flow, digits_text_unet
 from errors import ConfigError
+from models import registry
 from training import experiment as experiment_lib
-from training import validation
+from training import run_config
+from training.run_config import RunConfig
 
 DELETE = "<deleted>"  # marker: remove the field
 NUM_DEVICES = 8  # tests/conftest.py
+SHIPPED = (digits_ddpm, digits_dit, digits_flow, cifar_ddpm, cifar_dit, digits_text_unet)
 
+
+def schema_fields() -> dict[str, typing.Any]:
+    """dotted path -> type hint, for every field a config may set (from the classes)."""
+    fields = {
+        f.name: typing.get_type_hints(RunConfig)[f.name]
+        for f in schema.user_fields(RunConfig, run_config.SECTIONS)
+    }
+    for name, cls in run_config.SECTIONS.items():
+        if name == "model":
+            continue
+        hints = typing.get_type_hints(cls)
+        fields.update({f"{name}.{f.name}": hints[f.name] for f in schema.user_fields(cls)})
+    for _, cls in registry.MODELS.values():
+        hints = typing.get_type_hints(cls)
+        for f in schema.user_fields(cls, registry.DATA_FIELDS):
+            fields.setdefault(f"model.{f.name}", hints[f.name])
+    return fields
+
+
+def shipped_values() -> dict[str, list]:
+    """dotted path -> every value a shipped config (or a schema default) gives it."""
+    values = collections.defaultdict(list)
+
+    def walk(prefix, node):
+        for key, value in node.items():
+            path = f"{prefix}{key}"
+            if isinstance(value, dict):
+                walk(f"{path}.", value)
+            elif value not in values[path]:
+                values[path].append(value)
+
+    for module in SHIPPED:
+        walk("", module.get_config().to_dict())
+    return values
+
+
+FIELDS = schema_fields()
+VALUES = shipped_values()
 JUNK = st.one_of(
     st.none(),
     st.text(max_size=4),
@@ -32,102 +78,26 @@ JUNK = st.one_of(
     st.lists(st.integers(-2, 9), max_size=3),
     st.just({}),
 )
-INTS = st.one_of(st.sampled_from([0, -1, 1, 2, 3, 8, 2**31, 10**12]), st.integers(-3, 70))
-FLOATS = st.one_of(
-    st.floats(-2.0, 2.0), st.sampled_from([0.0, 1.0, 1e308, -1e-9, math.nan, math.inf])
-)
-TUPLES = st.lists(st.integers(-1, 9), max_size=5).map(tuple)
-FLAGS = st.booleans()
+BY_TYPE = {
+    int: st.one_of(st.sampled_from([0, -1, 1, 2, 3, 8, 2**31, 10**12]), st.integers(-3, 70)),
+    float: st.one_of(
+        st.floats(-2.0, 2.0), st.sampled_from([0.0, 1.0, 1e308, -1e-9, math.nan, math.inf])
+    ),
+    bool: st.booleans(),
+    str: st.sampled_from(["bogus", "", "NONE"]),
+}
 
 
-def names(*valid: str) -> st.SearchStrategy:
-    return st.sampled_from([*valid, "bogus", "", "NONE"])
-
-
-# (dotted field, plausible values); every field also gets JUNK and DELETE.
-FIELDS = [
-    ("seed", INTS),
-    ("num_train_steps", INTS),
-    ("batch_size", st.one_of(st.sampled_from([8, 16, 24, 60, 64, 128]), INTS)),
-    ("log_every_steps", INTS),
-    ("checkpoint_every_steps", INTS),
-    ("sample_every_steps", INTS),
-    ("max_checkpoints_to_keep", INTS),
-    ("compilation_cache_dir", names("/tmp/jax_cache")),
-    ("data.name", names("digits", "cifar10", "tfds")),
-    ("data.image_size", st.one_of(st.sampled_from([4, 8, 12, 16, 28, 32]), INTS)),
-    ("data.channels", INTS),
-    ("data.shuffle_buffer", INTS),
-    ("data.tfds_name", names("mnist")),
-    ("data.text_key", names("text")),
-    ("data.random_flip", FLAGS),
-    ("data.device_prefetch", INTS),
-    ("diffusion.process", names("ddpm", "flow")),
-    ("diffusion.flow_shift", FLOATS),
-    ("diffusion.schedule", names("linear", "cosine", "scaled_linear")),
-    ("diffusion.num_timesteps", INTS),
-    ("diffusion.beta_start", FLOATS),
-    ("diffusion.beta_end", FLOATS),
-    ("diffusion.prediction", names("eps", "x0", "v")),
-    ("model", JUNK),
-    ("model.name", names("unet", "dit")),
-    ("model.base_channels", INTS),
-    ("model.channel_mult", TUPLES),
-    ("model.num_res_blocks", INTS),
-    ("model.attention_resolutions", TUPLES),
-    ("model.num_heads", INTS),
-    ("model.num_groups", INTS),
-    ("model.dropout", FLOATS),
-    ("model.dtype", names("float32", "bfloat16")),
-    ("model.remat", FLAGS),
-    ("model.attention_impl", st.sampled_from([None, "xla", "cudnn", "flash"])),
-    ("model.image_size", INTS),
-    ("model.not_a_field", INTS),
-    ("model.patch_size", INTS),
-    ("model.size", names("S", "B", "XL")),
-    ("model.depth", st.one_of(st.none(), INTS)),
-    ("model.hidden_size", st.one_of(st.none(), INTS)),
-    ("model.mlp_ratio", FLOATS),
-    ("model.pos_embed", names("sincos", "learned")),
-    ("model.learn_sigma", FLAGS),
-    ("conditioning.kind", names("none", "class", "text")),
-    ("conditioning.dropout", FLOATS),
-    ("text_encoder.name", names("none", "clip", "t5", "minilm")),
-    ("text_encoder.path", names("/nonexistent/encoder")),
-    ("text_encoder.max_length", INTS),
-    ("optimizer.name", names("adam", "adamw")),
-    ("optimizer.learning_rate", FLOATS),
-    ("optimizer.warmup_steps", INTS),
-    ("optimizer.b1", FLOATS),
-    ("optimizer.b2", FLOATS),
-    ("optimizer.eps", FLOATS),
-    ("optimizer.weight_decay", FLOATS),
-    ("optimizer.grad_clip_norm", FLOATS),
-    ("optimizer.ema_decay", FLOATS),
-    ("training", JUNK),
-    ("training.grad_accumulation_steps", INTS),
-    ("training.nonfinite_policy", names("skip", "stop")),
-    ("training.donate_state", FLAGS),
-    ("sampler", JUNK),
-    ("sampler.name", names(*samplers.SAMPLERS)),
-    ("sampler.num_steps", INTS),
-    ("sampler.max_steps", INTS),
-    ("sampler.spacing", names("linspace", "leading", "trailing", "karras")),
-    ("sampler.eta", FLOATS),
-    ("sampler.num_samples", INTS),
-    ("sampler.thresholding", names("none", "static", "dynamic")),
-    ("sampler.dynamic_percentile", FLOATS),
-    ("sampler.guidance_scale", FLOATS),
-    ("sampler.guidance_rescale", FLOATS),
-    ("sampler.class_labels", st.sampled_from(["", "3,5", "4,12", "x", "-1", "9" * 12])),
-    ("sampler.prompts", names("a zero;a one")),
-    ("mesh", JUNK),
-    ("mesh.data", st.one_of(st.sampled_from([-1, 1, 2, 4, 8, 16]), INTS)),
-    ("mesh.fsdp", st.one_of(st.sampled_from([-1, 1, 2, 4, 8]), INTS)),
-    ("mesh.tensor", st.one_of(st.sampled_from([-1, 1, 2, 4]), INTS)),
-    ("mesh.rules", names("heads=tensor", "embed=fsdp,mlp=fsdp", "heads=nowhere", "=tensor")),
-]
-PLAUSIBLE = dict(FIELDS)
+def plausible(path: str) -> st.SearchStrategy:
+    """What the shipped configs use for `path`, plus values of the field's own type."""
+    hint = FIELDS[path]
+    kinds = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
+    drawn = [BY_TYPE[k] for k in kinds if k in BY_TYPE]
+    if typing.get_origin(hint) is tuple:
+        drawn.append(st.lists(st.integers(-1, 9), max_size=5).map(tuple))
+    known = VALUES.get(path, [])
+    shipped = [st.sampled_from(known)] * 3 if known else []  # weighted towards real values
+    return st.one_of(*shipped, *drawn)
 
 
 def small(module) -> dict:
@@ -168,11 +138,10 @@ def mutate(base: dict, mutations: list[tuple[str, object]]) -> ml_collections.Co
 @st.composite
 def broken_configs(draw, plausible_only: bool = False):
     base = draw(st.sampled_from(sorted(BASES)))
-    count = draw(st.integers(1, 2))
     mutations = []
-    for _ in range(count):
-        path = draw(st.sampled_from([path for path, _ in FIELDS]))
-        values = PLAUSIBLE[path]
+    for _ in range(draw(st.integers(1, 2))):
+        path = draw(st.sampled_from(sorted(FIELDS)))
+        values = plausible(path)
         if not plausible_only:
             values = st.one_of(values, JUNK, st.just(DELETE))
         mutations.append((path, draw(values)))
@@ -180,7 +149,7 @@ def broken_configs(draw, plausible_only: bool = False):
 
 
 PROPERTY_SETTINGS = settings(
-    max_examples=150,
+    max_examples=200,
     deadline=None,
     derandomize=True,  # the same examples in every CI run
     database=None,
@@ -188,30 +157,54 @@ PROPERTY_SETTINGS = settings(
 )
 
 
-@PROPERTY_SETTINGS
-@given(broken_configs())
-def test_validation_accepts_or_raises_config_error(case):
-    base, mutations = case
-    config = mutate(BASES[base], mutations)
-    try:
-        validation.validate_config(config, NUM_DEVICES, process_count=1)
-    except ConfigError as err:
-        message = str(err)
-        assert "=" in message or "missing" in message, message  # names a field and its value
-        if len(mutations) == 1:  # the mutated field (or its section) is the one named
-            path = mutations[0][0]
-            assert path.split(".")[-1] in message or path.split(".")[0] in message, message
+def test_every_schema_field_is_drawn_and_known_to_a_shipped_config_or_the_default():
+    assert len(FIELDS) > 80
+    assert {"diffusion.loss_weighting", "model.patch_size", "model.base_channels"} <= set(FIELDS)
+    missing = [path for path in FIELDS if path not in VALUES]
+    assert not missing, missing  # default.py (or dit_model()) sets every one of them
 
 
-@settings(PROPERTY_SETTINGS, max_examples=25)
-@given(broken_configs(plausible_only=True))
-def test_accepted_configs_build_without_compiling(case):
-    base, mutations = case
-    config = mutate(BASES[base], mutations)
-    try:
-        validation.validate_config(config, NUM_DEVICES, process_count=1)
-    except ConfigError:
-        return
-    with pytest.MonkeyPatch.context() as patch:  # building compiles nothing
-        patch.setattr(jax, "jit", lambda *a, **k: (_ for _ in ()).throw(AssertionError("jit")))
-        experiment_lib.build_experiment(config)  # nothing but ConfigError may come out
+def test_validation_accepts_or_raises_config_error():
+    outcomes = collections.Counter()
+
+    @PROPERTY_SETTINGS
+    @given(broken_configs())
+    def check(case):
+        base, mutations = case
+        config = mutate(BASES[base], mutations)
+        try:
+            RunConfig.from_configdict(config, NUM_DEVICES, process_count=1)
+        except ConfigError as err:
+            outcomes["refused"] += 1
+            message = str(err)
+            assert "=" in message or "not a field" in message, message
+            if len(mutations) == 1:  # the mutated field (or its section) is the one named
+                path = mutations[0][0]
+                assert path.split(".")[-1] in message or path.split(".")[0] in message, message
+        else:
+            outcomes["accepted"] += 1
+
+    check()
+    assert outcomes["accepted"] >= 20 and outcomes["refused"] >= 20, outcomes
+
+
+@pytest.mark.slow
+def test_accepted_configs_build_without_compiling():
+    built = collections.Counter()
+
+    @settings(PROPERTY_SETTINGS, max_examples=30)
+    @given(broken_configs(plausible_only=True))
+    def check(case):
+        base, mutations = case
+        config = mutate(BASES[base], mutations)
+        try:
+            run = RunConfig.from_configdict(config, NUM_DEVICES, process_count=1)
+        except ConfigError:
+            return
+        with pytest.MonkeyPatch.context() as patch:  # building compiles nothing
+            patch.setattr(jax, "jit", lambda *a, **k: (_ for _ in ()).throw(AssertionError("jit")))
+            experiment_lib.build_experiment(run)  # nothing but ConfigError may come out
+        built["built"] += 1
+
+    check()
+    assert built["built"] >= 5, built

@@ -71,7 +71,7 @@ def test_unknown_process_and_non_flow_sampler(monkeypatch):
     config = digits_flow.get_config()
     config.sampler.name = "dpmpp_2m"
     _expect_error_before_compiling(
-        config, r"sampler\.name='dpmpp_2m' cannot integrate a flow", monkeypatch
+        config, r"sampler\.name='dpmpp_2m' cannot integrate diffusion\.process='flow'", monkeypatch
     )
 
 

@@ -65,6 +65,7 @@ def test_4_micro_batches_give_the_full_batch_update(tiny_config, process, condit
     tiny_config.conditioning.kind = conditioning
     tiny_config.conditioning.dropout = 0.5
     if process == "flow":
+        tiny_config.diffusion.prediction = "velocity"
         tiny_config.sampler.name = "euler"
     full, full_metrics = _sgd_step(_config(tiny_config.copy_and_resolve_references(), 1))
     accumulated, metrics = _sgd_step(_config(tiny_config, 4))  # 8 devices x 4 micro-batches of 1

@@ -24,7 +24,8 @@ def _eval_loss(experiment, params, images) -> float:
     @jax.jit
     def loss_at(params, images, key):
         model_fn = lambda x, t: experiment.model.apply(params, x, t)  # noqa: E731
-        return losses.noise_prediction_loss(model_fn, experiment.schedule, images, key)[0]
+        draws = losses.draw_noise(key, images, experiment.schedule)
+        return losses.diffusion_loss(model_fn, images, draws)[0]
 
     return sum(float(loss_at(params, jnp.asarray(images), jax.random.key(s))) for s in range(4)) / 4
 

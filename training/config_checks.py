@@ -1,0 +1,164 @@
+"""Cross-section checks of a run config, all in one place: batch vs mesh and processes, image
+size vs backbone, sampler vs process and schedule, text encoder vs conditioning and data.
+
+Each section checks its own fields when it is built (`schema.build`); what needs two sections,
+the device count or the text encoder's files is checked here, before anything is compiled.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import jax
+
+import sharding
+from diffusion import solvers
+from errors import ConfigError
+from input_pipeline import captions, pipeline
+from input_pipeline.pipeline import DataConfig
+from schema import fail, require
+from training import conditioning as conditioning_lib
+from training.conditioning import ConditioningConfig
+
+if TYPE_CHECKING:
+    from training.run_config import RunConfig, TextEncoderConfig
+
+
+def num_classes(data: DataConfig) -> int:
+    """Label classes of the data set (0: unlabelled)."""
+    return pipeline.num_classes(data.name)
+
+
+def text_widths(
+    encoder: TextEncoderConfig, conditioning: ConditioningConfig, data: DataConfig
+) -> tuple[int, int] | None:
+    """(hidden, pooled) width of the text encoder when conditioning on text, read from its
+    config.json (no weights loaded); None otherwise. Refuses an encoder without text
+    conditioning, text conditioning without an encoder or captions, and unreadable files."""
+    kind, name = conditioning.kind, encoder.name
+    if kind != "text":
+        require(
+            name == "none",
+            "text_encoder.name",
+            name,
+            f"needs conditioning.kind='text' (got {kind!r}); allowed here: none.",
+        )
+        return None
+    require(
+        name != "none",
+        "text_encoder.name",
+        name,
+        "cannot encode conditioning.kind='text'; allowed: clip, t5, minilm.",
+    )
+    if data.name not in captions.CAPTIONS and not data.text_key:
+        fail(
+            "data.name",
+            data.name,
+            f"has no captions for conditioning.kind='text'; use {', '.join(captions.CAPTIONS)}, "
+            "or data.name='tfds' with data.text_key.",
+        )
+    from models import text_encoders  # noqa: PLC0415 (tokenizers etc. only when text is used)
+
+    try:
+        path = encoder.path or text_encoders.default_path(name)
+        return text_encoders.text_widths(name, path, encoder.max_length)
+    except (ValueError, OSError) as err:
+        message = str(err)
+        if "text_encoder." not in message:
+            message = f"text_encoder.path={encoder.path!r}: {message}"
+        raise ConfigError(message) from err
+
+
+def check_run(run: RunConfig, num_devices: int, process_count: int) -> None:
+    """Every check that spans sections; ConfigError naming the fields."""
+    sizes = run.mesh.axis_sizes(num_devices)
+    check_batch(run, math.prod(sizes[axis] for axis in sharding.BATCH_AXES), process_count)
+    if run.conditioning.kind == "class" and num_classes(run.data) == 0:
+        fail("conditioning.kind", "class", f"needs labels; data.name={run.data.name!r} has none.")
+    check_model(run)
+    check_sampler(run)
+
+
+def check_batch(run: RunConfig, num_batch_shards: int, process_count: int) -> None:
+    """batch_size against the devices it is split over, the processes and the micro-batches."""
+    batch, steps = run.batch_size, run.training.grad_accumulation_steps
+    require(
+        batch % num_batch_shards == 0,
+        "batch_size",
+        batch,
+        f"must be a multiple of the {num_batch_shards} devices it is split over "
+        "(mesh data x fsdp).",
+    )
+    require(
+        batch % process_count == 0,
+        "batch_size",
+        batch,
+        f"must divide evenly over {process_count} processes.",
+    )
+    require(
+        batch % (num_batch_shards * steps) == 0,
+        "training.grad_accumulation_steps",
+        steps,
+        f"must divide the per-device batch: batch_size={batch} is not a multiple of "
+        f"{num_batch_shards} batch shards (mesh data x fsdp) x {steps} micro-batches.",
+    )
+
+
+def check_model(run: RunConfig) -> None:
+    """The backbone against the loss and the backend (its own config checked the data shape)."""
+    model = run.model
+    if getattr(model, "learn_sigma", False):
+        fail(
+            "model.learn_sigma",
+            True,
+            "doubles the output channels for a learned variance, which the training loss does "
+            "not use; allowed: False.",
+        )
+    if model.attention_impl == "cudnn":
+        require(
+            model.dtype == "bfloat16",
+            "model.dtype",
+            model.dtype,
+            "cannot run model.attention_impl='cudnn' (cuDNN's fused attention takes bf16 / "
+            "fp16); with float32 allowed attention_impl: None, 'xla'.",
+        )
+        backend = jax.default_backend()
+        require(
+            backend == "gpu",
+            "model.attention_impl",
+            "cudnn",
+            f"needs a GPU, but JAX's backend is {backend!r}; allowed here: None, 'xla'.",
+        )
+
+
+def check_sampler(run: RunConfig) -> None:
+    """The sampler against the process, the schedule's length and the conditioning."""
+    sampler, diffusion = run.sampler, run.diffusion
+    spec = solvers.SAMPLERS[sampler.name]
+    require(
+        diffusion.process in spec.processes,
+        "sampler.name",
+        sampler.name,
+        f"cannot integrate diffusion.process={diffusion.process!r}; allowed: "
+        f"{', '.join(solvers.names_for(diffusion.process))}.",
+    )
+    if diffusion.process == "ddpm":
+        for name in ("num_steps", "max_steps"):
+            require(
+                getattr(sampler, name) <= diffusion.num_timesteps,
+                f"sampler.{name}",
+                getattr(sampler, name),
+                f"must be <= diffusion.num_timesteps={diffusion.num_timesteps}.",
+            )
+    kind = run.conditioning.kind
+    if kind == "class":
+        conditioning_lib.parse_class_labels(sampler.class_labels, num_classes(run.data))
+    if kind == "text" and run.data.name not in captions.CAPTIONS:
+        require(
+            bool(conditioning_lib.parse_prompts(sampler.prompts)),
+            "sampler.prompts",
+            sampler.prompts,
+            f"is empty and data.name={run.data.name!r} has no captions to default to; give "
+            "';'-separated prompts.",
+        )

@@ -6,13 +6,11 @@ from __future__ import annotations
 
 import dataclasses
 
-import jax.numpy as jnp
-
 from errors import ConfigError
 from models import layers
 from schema import field
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+DTYPES = layers.COMPUTE_DTYPES
 # size -> (depth, hidden size, heads), Table 1 of the paper.
 SIZES = {"S": (12, 384, 6), "B": (12, 768, 12), "L": (24, 1024, 16), "XL": (28, 1152, 16)}
 POS_EMBEDS = ("sincos", "learned")
@@ -100,18 +98,4 @@ class DiTConfig:
         for name in ("in_channels", "out_channels"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"model.{name}={getattr(self, name)} must be >= 1.")
-        for name in ("num_classes", "context_dim", "pooled_dim"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ConfigError(
-                    f"model.{name}={value} must be a positive int or None (unconditional)."
-                )
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"model.dropout={self.dropout} must be in [0, 1).")
-        if self.dtype not in DTYPES:
-            raise ConfigError(f"model.dtype={self.dtype!r} is not one of {sorted(DTYPES)}.")
-        if self.attention_impl not in layers.ATTENTION_IMPLS:
-            raise ConfigError(
-                f"model.attention_impl={self.attention_impl!r} is not known; allowed: "
-                f"{', '.join(map(repr, layers.ATTENTION_IMPLS))}."
-            )
+        layers.validate_shared_fields(self)

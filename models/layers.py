@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from errors import ConfigError
 from models import conv as conv_kernels
 from models.logical import constrain
 
@@ -28,6 +29,7 @@ DENSE_AXES = ("embed", "mlp")
 # model.attention_impl: `implementation=` of jax.nn.dot_product_attention. None lets JAX choose;
 # "cudnn" (fused flash attention) needs a GPU and bf16 / fp16 inputs.
 ATTENTION_IMPLS = (None, "xla", "cudnn")
+COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}  # model.dtype
 
 
 def partitioned(init, names: tuple[str | None, ...]):
@@ -373,3 +375,25 @@ class Upsample(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return self.conv(jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2))
+
+
+def validate_shared_fields(config) -> None:
+    """The fields every backbone config shares: conditioning widths, dropout, dtype, attention.
+
+    Raises ConfigError naming `model.<field>`.
+    """
+    for name in ("num_classes", "context_dim", "pooled_dim"):
+        value = getattr(config, name)
+        if value is not None and value < 1:
+            raise ConfigError(
+                f"model.{name}={value} must be a positive int or None (unconditional)."
+            )
+    if not 0.0 <= config.dropout < 1.0:
+        raise ConfigError(f"model.dropout={config.dropout} must be in [0, 1).")
+    if config.dtype not in COMPUTE_DTYPES:
+        raise ConfigError(f"model.dtype={config.dtype!r} is not one of {sorted(COMPUTE_DTYPES)}.")
+    if config.attention_impl not in ATTENTION_IMPLS:
+        raise ConfigError(
+            f"model.attention_impl={config.attention_impl!r} is not known; allowed: "
+            f"{', '.join(map(repr, ATTENTION_IMPLS))}."
+        )

@@ -12,7 +12,7 @@ from errors import ConfigError
 from models import layers
 from schema import field
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+DTYPES = layers.COMPUTE_DTYPES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,21 +99,7 @@ class UNetConfig:
                 f"occur; the feature-map sizes are {self.resolutions} "
                 f"(data.image_size={self.image_size}, halved per model.channel_mult level)."
             )
-        if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"model.dropout={self.dropout} must be in [0, 1).")
-        for name in ("num_classes", "context_dim", "pooled_dim"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ConfigError(
-                    f"model.{name}={value} must be a positive int or None (unconditional)."
-                )
-        if self.dtype not in DTYPES:
-            raise ConfigError(f"model.dtype={self.dtype!r} is not one of {sorted(DTYPES)}.")
-        if self.attention_impl not in layers.ATTENTION_IMPLS:
-            raise ConfigError(
-                f"model.attention_impl={self.attention_impl!r} is not known; allowed: "
-                f"{', '.join(map(repr, layers.ATTENTION_IMPLS))}."
-            )
+        layers.validate_shared_fields(self)
         if self.conv_impl not in layers.CONV_IMPLS:
             raise ConfigError(
                 f"model.conv_impl={self.conv_impl!r} is not one of {sorted(layers.CONV_IMPLS)}."

@@ -101,7 +101,8 @@ def check_batch(run: RunConfig, num_batch_shards: int, process_count: int) -> No
         "training.grad_accumulation_steps",
         steps,
         f"must divide the per-device batch: batch_size={batch} is not a multiple of "
-        f"{num_batch_shards} batch shards (mesh data x fsdp) x {steps} micro-batches.",
+        f"{num_batch_shards} batch shards (mesh data x fsdp) x {steps} micro-batches = "
+        f"{num_batch_shards * steps}.",
     )
 
 

@@ -125,7 +125,7 @@ def _expect_error_before_compiling(config, match, monkeypatch):
 @pytest.mark.parametrize(
     "steps,batch_size,match",
     [
-        (0, 64, r"training\.grad_accumulation_steps=0 must be an integer >= 1"),
+        (0, 64, r"training\.grad_accumulation_steps=0 must be >= 1"),
         (
             3,
             64,

@@ -6,9 +6,10 @@ checkpoint (params, EMA, optimizer state, RNG key, step) with one uninterrupted 
 leaf by leaf and byte for byte. Each restart must log a restore of the newest complete checkpoint
 on disk, and every step any start logs must show the reference's loss (re-run steps included).
 
-Default suite: one SIGKILL during a save plus one at a step (3 starts), and one SIGTERM
-(2 starts). `slow`: a seeded campaign of 8 SIGKILLs (during saves, at steps, during start-up)
-with a SIGTERM among them. Run more with `python -m tools.fault_injection --kills=N`.
+All of it is `slow` (subprocess runs of main.py): one SIGKILL during a save plus one at a step
+(3 starts), one SIGTERM (2 starts), and a seeded campaign of 8 SIGKILLs (during saves, at steps,
+during start-up) with a SIGTERM among them. Run more with
+`python -m tools.fault_injection --kills=N`.
 """
 
 import json
@@ -17,6 +18,8 @@ import os
 import pytest
 
 from tools import fault_injection as fi
+
+pytestmark = pytest.mark.slow  # every test runs main.py in subprocesses
 
 NUM_STEPS = 24
 CHECKPOINT_EVERY = 3
@@ -83,7 +86,6 @@ def test_sigterm_saves_exits_zero_and_resumes_bit_identically(reference):
     )
 
 
-@pytest.mark.slow
 def test_many_kills_in_one_run_resume_bit_identically(reference):
     faults = fi.plan_faults(8, NUM_STEPS, CHECKPOINT_EVERY, seed=0, kinds=("step", "save", "start"))
     faults.insert(1, fi.Fault("term", 4, 0.01))  # early: see docs/reliability.md on the end

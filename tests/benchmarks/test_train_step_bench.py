@@ -72,6 +72,7 @@ def fast_compile():
     jax.config.update("jax_disable_most_optimizations", previous)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", ["unet", "dit"])
 def test_train_step_measurement_is_sane(model, fast_compile):
     config = _tiny(model)

@@ -55,6 +55,7 @@ def _sgd_step(config):
     return step(jax.device_put(state, shardings), batch, None)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "process,conditioning",
     [("ddpm", "class"), ("flow", "none")],
@@ -87,6 +88,7 @@ def test_micro_batch_i_takes_the_ith_part_of_every_devices_rows():
     np.testing.assert_array_equal(micro_batches(jnp.arange(8), 4)[1], [2, 3])  # unsharded
 
 
+@pytest.mark.slow
 def test_accumulation_cuts_activation_memory_without_moving_rows(tiny_config):
     """Compiled only: temporaries shrink with 4 micro-batches, and no batch rows are gathered."""
 

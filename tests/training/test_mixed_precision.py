@@ -60,6 +60,7 @@ def _float_leaves(tree) -> list[jax.Array]:
     return [leaf for leaf in jax.tree.leaves(tree) if jnp.issubdtype(leaf.dtype, jnp.floating)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backbone,accumulation", [("unet", 1), ("dit", 2)])
 def test_bf16_step_keeps_params_optimizer_state_and_ema_float32(
     tiny_config, backbone, accumulation
@@ -111,6 +112,7 @@ class _Bf16Spy:
         return out
 
 
+@pytest.mark.slow
 def test_schedule_noisy_images_and_loss_stay_float32_around_a_bf16_network(tiny_config):
     """A schedule whose alpha-bars all round to 1 in bf16 (sigma 0: x_t = x0, no noise at all)."""
     experiment = build_experiment(_bf16_config(tiny_config, "unet"))

@@ -36,6 +36,7 @@ def test_skip_policy_finishes_and_counts_the_skipped_steps(
     assert "nonfinite" not in scalars
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("log_every_steps", [3, 100], ids=["at_the_log", "before_the_save"])
 def test_stop_policy_raises_and_leaves_the_checkpoints_alone(
     fast_loop_config, batch_hooks, snapshot, tmp_path, log_every_steps

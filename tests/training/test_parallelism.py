@@ -26,6 +26,7 @@ def _steps(config, num_steps=2):
     return state, float(metrics["loss"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("module", [digits_ddpm, digits_dit])
 def test_data_fsdp_tensor_mesh_matches_pure_data_parallel(module, tiny_config):
     config = module.get_config()
@@ -47,6 +48,7 @@ def test_data_fsdp_tensor_mesh_matches_pure_data_parallel(module, tiny_config):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("module", [digits_ddpm, digits_dit])
 def test_fsdp8_keeps_an_eighth_of_params_and_optimizer_state_per_device(module):
     config = module.get_config()
@@ -66,6 +68,7 @@ def test_fsdp8_keeps_an_eighth_of_params_and_optimizer_state_per_device(module):
     assert on_device <= total / 8 * 1.05, (on_device, total)
 
 
+@pytest.mark.slow
 def test_sequence_parallel_splits_the_saved_residual_stream_by_tokens_and_keeps_the_loss():
     config = digits_dit.get_config()
     config.model.depth, config.model.hidden_size, config.model.num_heads = 2, 64, 4

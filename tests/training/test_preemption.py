@@ -21,6 +21,7 @@ def sentinel_handler():
     signal.signal(signal.SIGTERM, previous)
 
 
+@pytest.mark.slow
 def test_sigterm_mid_run_saves_that_step_and_returns(
     fast_loop_config, batch_hooks, sentinel_handler, tmp_path, caplog
 ):
@@ -53,6 +54,7 @@ def test_sigterm_mid_run_saves_that_step_and_returns(
     assert sorted(os.listdir(checkpoints)) == ["4", "6"]
 
 
+@pytest.mark.slow
 def test_sigterm_while_the_final_save_finishes_still_returns_with_it_written(
     fast_loop_config, sentinel_handler, tmp_path, monkeypatch
 ):
@@ -80,6 +82,7 @@ def test_sigterm_while_the_final_save_finishes_still_returns_with_it_written(
     assert signal.getsignal(signal.SIGTERM) is handler and calls == []
 
 
+@pytest.mark.slow
 def test_sigterm_during_start_up_checkpoints_the_first_step(
     fast_loop_config, sentinel_handler, tmp_path, monkeypatch, caplog
 ):

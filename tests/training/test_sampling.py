@@ -32,6 +32,7 @@ def _sample_fn(tiny_config, **sampler_fields):
     return sample_fn, params
 
 
+@pytest.mark.slow
 def test_max_steps_pads_the_grid_and_all_step_counts_share_one_compile(tiny_config):
     padded_fn, params = _sample_fn(tiny_config, max_steps=12, num_samples=8)
     exact_fn, _ = _sample_fn(tiny_config, num_samples=8)

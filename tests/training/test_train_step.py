@@ -30,6 +30,7 @@ def _eval_loss(experiment, params, images) -> float:
     return sum(float(loss_at(params, jnp.asarray(images), jax.random.key(s))) for s in range(4)) / 4
 
 
+@pytest.mark.slow
 def test_train_step_lowers_the_loss_on_a_fixed_batch(tiny_config):
     tiny_config.optimizer.learning_rate = 2e-3
     experiment = build_experiment(tiny_config)
@@ -62,6 +63,7 @@ def _two_steps(config, devices):
     return state, metrics
 
 
+@pytest.mark.slow
 def test_sharded_step_on_8_devices_equals_one_device(tiny_config):
     tiny_config.mesh.data, tiny_config.mesh.fsdp = 4, 2
     sharded, sharded_metrics = _two_steps(tiny_config, jax.devices())
@@ -121,6 +123,7 @@ def test_nonfinite_batch_skips_the_update_but_advances_the_step(tiny_config):
             np.testing.assert_array_equal(a, b, err_msg=field)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("donate", [True, False], ids=["donated", "kept"])
 def test_donate_state_frees_or_keeps_the_input_state(tiny_config, donate):
     """training.donate_state: the step reuses the input state's buffers, or leaves them alive."""

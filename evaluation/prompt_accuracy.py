@@ -16,7 +16,13 @@ from absl import app, flags
 from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "A text- or class-conditional digits config.")
+config_flags.DEFINE_config_file(  # unknown keys reach RunConfig's refusal, as in main.py
+    "config",
+    None,
+    "A text- or class-conditional digits config.",
+    lock_config=False,
+    accept_new_attributes=True,
+)
 flags.DEFINE_string("workdir", None, "The run directory with checkpoints.")
 flags.DEFINE_string("guidance", "0,1,3", "Comma-separated classifier-free guidance scales.")
 flags.DEFINE_integer("per_prompt", 50, "Samples per prompt at each scale.")

@@ -43,7 +43,7 @@ def make_model_config(
     if not isinstance(model_cfg, schema.SECTION_TYPES):
         schema.fail("model", model_cfg, "must be a config section (a ConfigDict or dict).")
     fields = dict(model_cfg)
-    name = fields.pop("name", None)
+    name = fields.pop("name", "unet")  # a missing key takes its default, as everywhere
     schema.one_of("model.name", name, MODELS)
     _, config_cls = MODELS[name]
     fixed = {

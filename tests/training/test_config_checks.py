@@ -77,7 +77,9 @@ def test_missing_fields_take_the_schemas_defaults_and_non_sections_are_refused()
     assert RunConfig.from_configdict(_with(digits_ddpm, mesh=DELETE), 8, 1).mesh.data == -1
     _refused(_with(digits_ddpm, model=3), r"model=3 must be a config section")
     _refused(_with(digits_ddpm, data="digits"), r"data='digits' must be a config section")
-    _refused(_with(digits_ddpm, model__name=DELETE), r"model\.name=None is not known; allowed")
+    unnamed = RunConfig.from_configdict(_with(digits_ddpm, model__name=DELETE), 8, 1)
+    assert type(unnamed.model).__name__ == "UNetConfig"
+    _refused(_with(digits_ddpm, model__name=None), r"model\.name=None is not known; allowed")
 
 
 @pytest.mark.parametrize(

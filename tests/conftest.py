@@ -17,3 +17,12 @@ def tiny_config():
     """The shared small config (configs/digits_tiny.py): a U-Net that compiles and steps in
     seconds. Tests change their copy freely."""
     return digits_tiny.get_config()
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_model(tmp_path_factory):
+    """(directory, torch CLIPModel): a tiny random CLIPModel with both towers, built once
+    (tests/models/text_encoders/clip_checkpoint.py)."""
+    from tests.models.text_encoders.clip_checkpoint import clip_model_checkpoint  # noqa: PLC0415
+
+    return clip_model_checkpoint(tmp_path_factory.mktemp("clip_model"))

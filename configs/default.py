@@ -22,6 +22,8 @@ def get_config() -> ml_collections.ConfigDict:
     # Orbax checkpoint cadence; one is also written at the end.
     config.checkpoint_every_steps = 1000
     config.sample_every_steps = 1000  # EMA sample grid cadence (PNG + TensorBoard); 0 disables.
+    # In-loop evaluation cadence (eval.in_loop_num_samples, EMA params); 0 disables.
+    config.eval_every_steps = 0
     config.max_checkpoints_to_keep = 3  # Older checkpoints are deleted by Orbax.
     # Persistent XLA compilation cache directory (restarts load compiled steps); '' = off.
     config.compilation_cache_dir = ""
@@ -143,6 +145,38 @@ def get_config() -> ml_collections.ConfigDict:
     # Also split the transformer residual stream by tokens over 'tensor' (less activation memory per
     # device when mesh.tensor > 1; no effect otherwise).
     config.mesh.sequence_parallel = False
+
+    # --- Evaluation (--mode=eval / eval_stats, in-loop): eval.* -----------------------------------
+    config.eval = ml_collections.ConfigDict()
+    # Images drawn by --mode=eval (50,000 as papers report FID; chunks of batch_size).
+    config.eval.num_samples = 50000
+    # Images sampled and featurised per chunk (sharded over every device).
+    config.eval.batch_size = 1000
+    # Images per in-loop evaluation (eval_every_steps): a cheaper, noisier estimate.
+    config.eval.in_loop_num_samples = 1000
+    # 'inception' (FID Inception, needs inception_weights) | 'digits' | 'auto'.
+    config.eval.feature_network = "auto"
+    # Converted pytorch-fid Inception weights (.safetensors); '' =
+    # stats_dir/pt_inception-2015-12-05.safetensors. See docs/EVALUATION.md.
+    config.eval.inception_weights = ""
+    # Where reference statistics are written and read ('' = ~/.cache/diffusion_eval).
+    config.eval.stats_dir = ""
+    config.eval.reference_split = ""  # Data split the reference statistics cover ('' = data.split).
+    # Keep every feature vector on the host for KID and precision/recall (50k x 2048 float32 = 400
+    # MB); False computes FID (streamed moments) and IS only.
+    config.eval.keep_features = True
+    config.eval.kid_subsets = 100  # KID: number of random subsets (torch-fidelity's default).
+    # KID: samples per subset (capped at the smaller sample count).
+    config.eval.kid_subset_size = 1000
+    config.eval.pr_neighbourhood = 3  # Precision/recall: k of the k-NN radii (Kynkaanniemi 2019).
+    config.eval.is_splits = 10  # Inception Score: splits for its mean and std.
+    # Text-conditioned models: a Hugging Face CLIPModel directory; adds clip_score (100 * cos(image,
+    # prompt), torchmetrics' convention) to every evaluation.
+    config.eval.clip_model = ""
+    config.eval.seed = 0  # Seeds the noise and labels of evaluation samples (and KID subsets).
+    # Samplers and step counts evaluated in one --mode=eval run, e.g. 'ddim:10,20,50;dpmpp_2m:10,20'
+    # ('' = just sampler.name at sampler.num_steps).
+    config.eval.sweep = ""
     return config
 
 

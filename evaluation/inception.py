@@ -316,11 +316,16 @@ def load_inception(path: str | os.PathLike) -> FeatureNetwork:
     with path.open("rb") as file:
         for chunk in iter(lambda: file.read(1 << 20), b""):
             digest.update(chunk)
+    return as_feature_network(params, f"{path.name}:{digest.hexdigest()[:12]}")
+
+
+def as_feature_network(params: Params, weights_id: str) -> FeatureNetwork:
+    """The FeatureNetwork over given Inception params (e.g. random ones, for timing)."""
     return FeatureNetwork(
         name="inception",
         feature_dim=FEATURE_DIM,
         num_classes=NUM_CLASSES,
         params=params,
         apply=_apply,
-        weights_id=f"{path.name}:{digest.hexdigest()[:12]}",
+        weights_id=weights_id,
     )

@@ -5,7 +5,9 @@
 
 Samples `per_prompt` images for each of "a handwritten digit zero" .. "nine" (the data's caption
 prompts) from the latest checkpoint at each guidance scale (one compiled chain for all scales),
-prints a table, and writes the grid of the last scale (one row per prompt) under samples/.
+prints a table, and writes the grid of the last scale (one row per prompt) under samples/. The
+judge is the digits feature network (evaluation/digits_network.py), whose `accuracy` --mode=eval
+reports for conditional digits models at the config's one guidance scale.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ def main(argv: list[str]) -> None:
     import jax  # noqa: PLC0415
     import numpy as np  # noqa: PLC0415
 
-    from evaluation import digits_classifier  # noqa: PLC0415
+    from evaluation import digits_network  # noqa: PLC0415
     from training import images, sample_run  # noqa: PLC0415
 
     config = FLAGS.config
@@ -45,9 +47,11 @@ def main(argv: list[str]) -> None:
         config.sampler.prompts = ""  # the ten class prompts, in label order
         config.sampler.class_labels = ""
     experiment, state, sample_fn = sample_run.restore_sampler(config, FLAGS.workdir)
-    classifier, held_out = digits_classifier.train_classifier()
+    network = digits_network.load()
+    _, (held_out_images, held_out_labels) = digits_network.split_digits()
+    held_out = digits_network.accuracy(network, held_out_images, held_out_labels)
     intended = experiment.sample_conditions.prompt_ids
-    print(f"classifier held-out accuracy on real digits: {held_out:.3f}")
+    print(f"digits network's accuracy on held-out real digits: {held_out:.3f}")
     print(
         f"checkpoint step {int(jax.device_get(state.step))}, {FLAGS.per_prompt} per prompt, "
         f"{config.sampler.name} {config.sampler.num_steps} steps"
@@ -55,7 +59,7 @@ def main(argv: list[str]) -> None:
     print("| guidance | share assigned to the prompted digit |\n|---:|---:|")
     for scale in (float(s) for s in FLAGS.guidance.split(",")):
         samples = sample_fn(state.ema_params, jax.random.key(config.seed), guidance_scale=scale)
-        accuracy = digits_classifier.prompt_accuracy(classifier, samples, intended)
+        accuracy = digits_network.accuracy(network, digits_network.quantize(samples), intended)
         print(f"| {scale:g} | {accuracy:.3f} |", flush=True)
     shown = np.concatenate([samples[intended == p][:10] for p in range(10)])
     path = os.path.join(FLAGS.workdir, "samples", f"prompts_cfg{scale:g}.png")

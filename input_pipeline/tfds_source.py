@@ -163,7 +163,7 @@ def create_cifar10_iterator(
     return iter(tfds.as_numpy(ds))
 
 
-def _generic_preprocess(cfg: Any):
+def generic_preprocess(cfg: Any):
     """Image feature -> square crop, resize, channel count, [-1, 1]; text feature -> bytes."""
     import tensorflow as tf  # noqa: PLC0415
 
@@ -224,7 +224,7 @@ def create_generic_iterator(
         start_example=start_step * per_process_batch_size,
     )
     ds = ds.map(lambda index, example: example)
-    ds = ds.map(_generic_preprocess(cfg), num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.map(generic_preprocess(cfg), num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.batch(per_process_batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
     for batch in tfds.as_numpy(ds):
         if "text" in batch:

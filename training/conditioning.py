@@ -210,21 +210,53 @@ def sample_conditions(
         return None
     if kind == "class":
         labels = parse_class_labels(class_labels, num_classes)
-        ids = np.repeat(labels, per_prompt)
-        return SampleConditions(
-            cond={"class_labels": jnp.asarray(ids)},
-            uncond={"class_labels": jnp.full(ids.shape, num_classes, jnp.int32)},
-            prompt_ids=np.repeat(np.arange(len(labels)), per_prompt),
+        return labelled_conditions(
+            kind,
+            np.repeat(np.arange(len(labels)), per_prompt),
             prompts=tuple(str(label) for label in labels),
+            num_classes=num_classes,
+            class_ids=labels,
         )
     texts = parse_prompts(prompts) or list(default_prompts)
     if not texts:
         raise ConfigError("sampler.prompts is empty and the dataset has no captions to default to.")
-    bank = encode_prompts(encoder, [*texts, negative_prompt])
-    prompt_ids = np.repeat(np.arange(len(texts)), per_prompt)
+    return labelled_conditions(
+        kind,
+        np.repeat(np.arange(len(texts)), per_prompt),
+        prompts=tuple(texts),
+        negative_prompt=negative_prompt,
+        encoder=encoder,
+    )
+
+
+def labelled_conditions(
+    kind: str,
+    prompt_ids: np.ndarray,
+    *,
+    prompts: tuple[str, ...],
+    negative_prompt: str = "",
+    num_classes: int = 0,
+    class_ids: Sequence[int] | None = None,
+    encoder: Any = None,
+) -> SampleConditions:
+    """One row per entry of `prompt_ids` (an index into `prompts`), in that order.
+
+    Class: `class_ids[i]` is the label of prompt i (default: i), the reserved null class the
+    unconditional branch. Text: prompts and negative prompt encoded once on the host.
+    """
+    prompt_ids = np.asarray(prompt_ids, np.int32)
+    if kind == "class":
+        ids = np.asarray(range(len(prompts)) if class_ids is None else class_ids)[prompt_ids]
+        return SampleConditions(
+            cond={"class_labels": jnp.asarray(ids, jnp.int32)},
+            uncond={"class_labels": jnp.full(ids.shape, num_classes, jnp.int32)},
+            prompt_ids=prompt_ids,
+            prompts=prompts,
+        )
+    bank = encode_prompts(encoder, [*prompts, negative_prompt])
     return SampleConditions(
         cond=bank.take(jnp.asarray(prompt_ids)),
-        uncond=bank.take(jnp.full(prompt_ids.shape, len(texts), jnp.int32)),
+        uncond=bank.take(jnp.full(prompt_ids.shape, len(prompts), jnp.int32)),
         prompt_ids=prompt_ids,
-        prompts=tuple(texts),
+        prompts=prompts,
     )

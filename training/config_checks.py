@@ -17,7 +17,7 @@ from diffusion import solvers
 from errors import ConfigError
 from input_pipeline import captions, pipeline
 from input_pipeline.pipeline import DataConfig
-from schema import fail, require
+from schema import fail, one_of, require
 from training import conditioning as conditioning_lib
 from training.conditioning import ConditioningConfig
 
@@ -78,6 +78,7 @@ def check_run(run: RunConfig, num_devices: int, process_count: int) -> None:
         fail("conditioning.kind", "class", f"needs labels; data.name={run.data.name!r} has none.")
     check_model(run)
     check_sampler(run)
+    check_eval(run)
 
 
 def check_batch(run: RunConfig, num_batch_shards: int, process_count: int) -> None:
@@ -162,4 +163,41 @@ def check_sampler(run: RunConfig) -> None:
             sampler.prompts,
             f"is empty and data.name={run.data.name!r} has no captions to default to; give "
             "';'-separated prompts.",
+        )
+
+
+def check_eval(run: RunConfig) -> None:
+    """Every sampler of eval.sweep against the process and T; the feature network vs the data."""
+    allowed = solvers.names_for(run.diffusion.process)
+    for point in run.eval.sweep_points(run.sampler.name, run.sampler.num_steps):
+        one_of("eval.sweep", point.sampler, solvers.SAMPLERS)
+        require(
+            run.diffusion.process in solvers.SAMPLERS[point.sampler].processes,
+            "eval.sweep",
+            run.eval.sweep,
+            f"names {point.sampler!r}, which cannot integrate diffusion.process="
+            f"{run.diffusion.process!r}; allowed: {', '.join(allowed)}.",
+        )
+        if run.diffusion.process == "ddpm":
+            require(
+                point.num_steps <= run.diffusion.num_timesteps,
+                "eval.sweep",
+                run.eval.sweep,
+                f"asks {point.num_steps} steps of {point.sampler!r}; the most is "
+                f"diffusion.num_timesteps={run.diffusion.num_timesteps}.",
+            )
+    if run.eval.clip_model:
+        require(
+            run.conditioning.kind == "text",
+            "eval.clip_model",
+            run.eval.clip_model,
+            f"scores images against prompts; conditioning.kind={run.conditioning.kind!r} has "
+            "none (set conditioning.kind='text' or leave eval.clip_model empty).",
+        )
+    if run.eval.network_name(run.data.name) == "digits":
+        require(
+            run.data.name == "digits",
+            "eval.feature_network",
+            run.eval.feature_network,
+            f"'digits' judges the 8x8 digits only; data.name={run.data.name!r} needs 'inception'.",
         )

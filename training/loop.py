@@ -198,6 +198,11 @@ def _train(
 
     train_step = make_train_step(experiment, shardings)
     sample_fn = experiment_sample_fn(experiment, shardings.ema_params)
+    evaluate = None
+    if config.eval_every_steps:  # reference statistics read (or made once), chain compiled
+        from training.evaluator import InLoopEvaluator  # noqa: PLC0415 (only when evaluating)
+
+        evaluate = InLoopEvaluator(experiment, shardings.ema_params)
     batches = pipeline.create_train_iterator(
         experiment.data,
         per_process_batch_size=config.batch_size // jax.process_count(),
@@ -246,6 +251,11 @@ def _train(
                 write_sample_grid(
                     writer, sample_fn, state, step, workdir, config.seed, grid_rows(experiment)
                 )
+            interval_start += time.perf_counter() - paused
+        if evaluate is not None and (step % config.eval_every_steps == 0 or is_last):
+            paused = time.perf_counter()
+            with report.timed("eval"):
+                writer.write_scalars(step, evaluate(state.ema_params))
             interval_start += time.perf_counter() - paused
     manager.wait_until_finished()  # async saves, the final one included
     writer.flush()

@@ -22,6 +22,7 @@ from diffusion.precond import Precond
 from diffusion.processes import TimeSampling
 from diffusion.schedules import NoiseSchedule
 from diffusion.weighting import Weighting
+from evaluation.eval_config import EvalConfig
 from input_pipeline.pipeline import DataConfig
 from models import registry
 from models.unet import UNetConfig
@@ -180,6 +181,9 @@ class RunConfig:
     sample_every_steps: int = field(
         1000, "EMA sample grid cadence (PNG + TensorBoard); 0 disables."
     )
+    eval_every_steps: int = field(
+        0, "In-loop evaluation cadence (eval.in_loop_num_samples, EMA params); 0 disables."
+    )
     max_checkpoints_to_keep: int = field(3, "Older checkpoints are deleted by Orbax.")
     compilation_cache_dir: str = field(
         "", "Persistent XLA compilation cache directory (restarts load compiled steps); '' = off."
@@ -193,6 +197,7 @@ class RunConfig:
     training: TrainingConfig = field(TrainingConfig(), "Training step")
     sampler: SamplerConfig = field(SamplerConfig(), "Sampling")
     mesh: MeshConfig = field(MeshConfig(), "Device mesh")
+    eval: EvalConfig = field(EvalConfig(), "Evaluation (--mode=eval / eval_stats, in-loop)")
 
     def validate(self) -> None:
         """The run-level fields on their own (cross-section checks: config_checks)."""
@@ -201,12 +206,8 @@ class RunConfig:
         require(self.batch_size >= 1, "batch_size", self.batch_size, "must be >= 1.")
         for name in ("log_every_steps", "checkpoint_every_steps", "max_checkpoints_to_keep"):
             require(getattr(self, name) >= 1, name, getattr(self, name), "must be >= 1.")
-        require(
-            self.sample_every_steps >= 0,
-            "sample_every_steps",
-            self.sample_every_steps,
-            "must be >= 0 (0: off).",
-        )
+        for name in ("sample_every_steps", "eval_every_steps"):
+            require(getattr(self, name) >= 0, name, getattr(self, name), "must be >= 0 (0: off).")
 
     @classmethod
     def from_configdict(
@@ -271,4 +272,5 @@ SECTIONS: dict[str, type] = {
     "training": TrainingConfig,
     "sampler": SamplerConfig,
     "mesh": MeshConfig,
+    "eval": EvalConfig,
 }

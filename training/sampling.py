@@ -152,14 +152,17 @@ def make_sample_fn(
         out_shardings=batch_sharding,
     )
 
-    def sample_to_host(
+    def sample_on_device(
         params: Params,
         key: jax.Array,
         num_steps: int | None = None,
         guidance_scale: float | None = None,
-    ) -> np.ndarray:
-        """Samples with `num_steps` (default sampler.num_steps; with sampler.max_steps set, every
-        count up to it reuses one compiled chain) and `guidance_scale` (default the config's)."""
+        conditions: SampleConditions | None = None,
+    ) -> jax.Array:
+        """The padded batch [padded, H, W, C] as a global array sharded over the batch axes.
+
+        `conditions` (conditional models) replaces the build-time ones for this call; it must
+        have the same number of rows. Rows past `total` are padding."""
         num_steps = sampler.num_steps if num_steps is None else num_steps
         scale = sampler.guidance_scale if guidance_scale is None else guidance_scale
         num_timesteps = schedule.num_timesteps if schedule is not None else None
@@ -173,12 +176,31 @@ def make_sample_fn(
             flow_shift=flow_shift,
             max_steps=sampler.max_steps or None,
         )
-        images = jitted(params, key, grid, cond, uncond, jnp.float32(scale))
+        call_cond, call_uncond = cond, uncond
+        if conditions is not None:
+            if len(conditions.prompt_ids) != total:
+                raise ValueError(f"conditions have {len(conditions.prompt_ids)} rows, not {total}.")
+            call_cond, call_uncond = (
+                _pad_rows(tree, padded) for tree in (conditions.cond, conditions.uncond)
+            )
+        return jitted(params, key, grid, call_cond, call_uncond, jnp.float32(scale))
+
+    def sample_to_host(
+        params: Params,
+        key: jax.Array,
+        num_steps: int | None = None,
+        guidance_scale: float | None = None,
+    ) -> np.ndarray:
+        """Samples with `num_steps` (default sampler.num_steps; with sampler.max_steps set, every
+        count up to it reuses one compiled chain) and `guidance_scale` (default the config's)."""
+        images = sample_on_device(params, key, num_steps, guidance_scale)
         images = multihost_utils.process_allgather(images, tiled=True)
         # The data range is [-1, 1]; the last step can overshoot it by float rounding.
         return np.clip(np.asarray(images)[:total], -1.0, 1.0)
 
     sample_to_host.chain = jitted  # the jitted chain, for compile-count checks
+    sample_to_host.on_device = sample_on_device  # sharded output, for evaluation
+    sample_to_host.num_images = total
     return sample_to_host
 
 

@@ -1,0 +1,138 @@
+"""--mode=eval_stats (reference statistics of the data) and --mode=eval (metrics of samples).
+
+    python main.py --mode=eval_stats --config=configs/digits_ddpm.py --workdir=runs/digits
+    python main.py --mode=eval --config=configs/digits_ddpm.py --workdir=runs/digits
+
+eval_stats passes every image of the reference split once through the feature network and
+stores the moments (and the raw features, for KID and precision/recall) in a file named by data
+set, split, resolution, feature network and its weights; eval restores the newest checkpoint,
+draws eval.num_samples EMA samples per (sampler, steps) of the sweep, and writes
+`eval/<step>_<sampler>_<steps>.json`, a markdown table of the sweep and TensorBoard scalars.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import jax
+import ml_collections
+from absl import logging
+from clu import metric_writers
+
+from training import checkpointing, loop
+from training.eval_features import make_featurizer
+from training.eval_sampling import EvalSampler
+from training.evaluator import (
+    Reference,
+    compute_reference,
+    evaluate_point,
+    load_feature_network,
+    load_reference,
+    make_clip_judge,
+)
+from training.experiment import build_experiment
+from training.run_config import RunConfig
+
+
+def eval_stats(config: RunConfig | ml_collections.ConfigDict) -> Reference:
+    """--mode=eval_stats: computes and stores the reference statistics of the config's data."""
+    run = config if isinstance(config, RunConfig) else RunConfig.from_configdict(config)
+    return compute_reference(run, load_feature_network(run))
+
+
+def evaluate_checkpoint(
+    config: RunConfig | ml_collections.ConfigDict, workdir: str, devices=None
+) -> list[dict[str, object]]:
+    """--mode=eval: metrics of the newest checkpoint's EMA samples for every sweep point.
+
+    `devices` (default: all) is the mesh the samples are drawn and featurised on."""
+    experiment = build_experiment(config, devices)
+    run = experiment.run
+    network = load_feature_network(run)
+    reference = load_reference(run, network, compute_missing=False)
+    manager = checkpointing.make_manager(workdir, run.max_checkpoints_to_keep)
+    if manager.latest_step() is None:
+        raise FileNotFoundError(
+            f"--mode=eval found no checkpoint under {os.path.abspath(workdir)}/checkpoints."
+        )
+    state, shardings = loop.init_or_restore(experiment, manager, run.seed)
+    step = int(jax.device_get(state.step))
+    featurize = make_featurizer(network, experiment.mesh)
+    writer = metric_writers.create_default_writer(
+        workdir, just_logging=jax.process_index() > 0, asynchronous=False
+    )
+    records, clip = [], None
+    for point in run.eval.sweep_points(run.sampler.name, run.sampler.num_steps):
+        sampler = EvalSampler(experiment, network, shardings.ema_params, point.sampler)
+        clip = clip or make_clip_judge(experiment, sampler)
+        start = time.perf_counter()
+        values = evaluate_point(
+            experiment,
+            state.ema_params,
+            sampler,
+            featurize,
+            reference,
+            point,
+            run.eval.num_samples,
+            clip,
+        )
+        record = _record(run, network, reference, point, step, values, start)
+        records.append(record)
+        prefix = f"eval/{point.sampler}_{point.num_steps}/"
+        writer.write_scalars(step, {prefix + k: v for k, v in values.items()})
+        if jax.process_index() == 0:
+            path = os.path.join(workdir, "eval", f"{step}_{point.sampler}_{point.num_steps}.json")
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "w") as file:
+                json.dump(record, file, indent=2)
+        logging.info("%s", json.dumps(record))
+    writer.flush()
+    if jax.process_index() == 0:
+        table = format_table(records)
+        print(table, flush=True)
+        with open(os.path.join(workdir, "eval", f"{step}_table.md"), "w") as file:
+            file.write(table + "\n")
+    return records
+
+
+def _record(run, network, reference, point, step, values, start) -> dict[str, object]:
+    sampler = run.sampler
+    return {
+        "step": step,
+        "sampler": point.sampler,
+        "num_steps": point.num_steps,
+        "spacing": sampler.spacing,
+        "eta": sampler.eta,
+        "guidance_scale": sampler.guidance_scale,
+        "num_samples": int(values["num_samples"]),
+        "feature_network": network.name,
+        "feature_weights": network.weights_id,
+        "reference": reference.path,
+        "reference_count": reference.stats.count,
+        "seed": run.eval.seed,
+        "wall_seconds": round(time.perf_counter() - start, 2),
+        "metrics": values,
+    }
+
+
+TABLE_COLUMNS = ("fid", "kid_mean", "precision", "recall", "inception_score", "accuracy")
+
+
+def format_table(records: list[dict[str, object]]) -> str:
+    """A markdown table: one row per (sampler, steps), the headline metrics as columns."""
+    present = [c for c in TABLE_COLUMNS if any(c in r["metrics"] for r in records)]
+    lines = [
+        "| sampler | steps | n | " + " | ".join(present) + " | seconds |",
+        "|---|---:|---:|" + "---:|" * len(present) + "---:|",
+    ]
+    for record in records:
+        values = record["metrics"]
+        cells = [f"{values[c]:.4g}" if c in values else "" for c in present]
+        lines.append(
+            f"| {record['sampler']} | {record['num_steps']} | {record['num_samples']} | "
+            + " | ".join(cells)
+            + f" | {record['wall_seconds']:.1f} |"
+        )
+    return "\n".join(lines)

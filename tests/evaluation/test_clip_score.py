@@ -14,16 +14,7 @@ from tests.models.text_encoders import checkpoints
 from tests.models.text_encoders.clip_checkpoint import IMAGE_MEAN, IMAGE_STD
 
 TOLERANCE = 1e-5  # max abs error relative to the reference's scale (checkpoints.max_error)
-PROMPTS = [
-    "a photo of a cat",
-    "a painting of a dog running in the park",
-    "an astronaut riding a horse on the moon",
-    "a bowl of fruit on a wooden table",
-    "the quick brown fox jumps over the lazy dog",
-    "a city street at night with neon lights",
-    "two people walking along the beach at sunset",
-    "a small boat in a storm",
-]
+PROMPTS = checkpoints.CORPUS[:8]  # sentences the test tokenizer was trained on
 
 
 @pytest.fixture(scope="module")

@@ -44,4 +44,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.sampler.num_steps = 100
     config.sampler.eta = 0.0
     config.sampler.num_samples = 64
+
+    # Digits FID (the digits feature network) on 1000 samples against all 1797 digits.
+    config.eval.num_samples = 1000
+    config.eval.in_loop_num_samples = 1000
+    config.eval.batch_size = 1000
     return config

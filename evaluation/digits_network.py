@@ -26,8 +26,6 @@ from input_pipeline import digits
 
 DEFAULT_WEIGHTS = Path(__file__).parent / "weights" / "digits_mlp.safetensors"
 HIDDEN, FEATURES = 256, 64
-HELD_OUT_FRACTION = 0.2
-SPLIT_SEED = 0
 
 
 class DigitsMLP(nnx.Module):
@@ -68,15 +66,12 @@ def _graphdef() -> nnx.GraphDef:
 
 
 def split_digits() -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
-    """((train images, labels), (held-out images, labels)): images [N, 8, 8, 1] in [0, 1]."""
-    from sklearn.model_selection import train_test_split  # noqa: PLC0415
-
+    """((train images, labels), (held-out images, labels)): the digits' "fit" and "held_out"
+    splits, images [N, 8, 8, 1] in [0, 1]."""
     images, labels = digits.load_digits_images()
     images = quantize(images)
-    train_x, test_x, train_y, test_y = train_test_split(
-        images, labels, test_size=HELD_OUT_FRACTION, random_state=SPLIT_SEED, stratify=labels
-    )
-    return (train_x, train_y), (test_x, test_y)
+    fit, held_out = digits.split_indices("fit"), digits.split_indices("held_out")
+    return (images[fit], labels[fit]), (images[held_out], labels[held_out])
 
 
 def quantize(images: np.ndarray) -> np.ndarray:

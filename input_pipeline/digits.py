@@ -15,6 +15,11 @@ import numpy as np
 
 IMAGE_SIZE = 8
 NUM_CLASSES = 10
+# "train": all 1797 images (what diffusion runs train on); "fit" / "held_out": a fixed stratified
+# 80 / 20 split (the digits feature network trains on "fit"; autoencoders report on "held_out").
+SPLITS = ("train", "fit", "held_out")
+HELD_OUT_FRACTION = 0.2
+SPLIT_SEED = 0
 
 
 def load_digits_images(image_size: int = IMAGE_SIZE) -> tuple[np.ndarray, np.ndarray]:
@@ -27,6 +32,25 @@ def load_digits_images(image_size: int = IMAGE_SIZE) -> tuple[np.ndarray, np.nda
     if scale > 1:
         images = images.repeat(scale, axis=1).repeat(scale, axis=2)
     return images, data.target.astype(np.int32)
+
+
+def split_indices(split: str) -> np.ndarray:
+    """Indices into load_digits_images() of one of SPLITS (sorted for "train")."""
+    from sklearn.model_selection import train_test_split  # noqa: PLC0415
+
+    if split not in SPLITS:
+        raise ValueError(f"digits split must be one of {SPLITS}, got {split!r}.")
+    _, labels = load_digits_images()
+    everything = np.arange(len(labels))
+    if split == "train":
+        return everything
+    fit, held_out = train_test_split(
+        everything,
+        test_size=HELD_OUT_FRACTION,
+        random_state=SPLIT_SEED,
+        stratify=labels,
+    )
+    return fit if split == "fit" else held_out
 
 
 def global_batch_indices(num_examples: int, global_batch: int, step: int, seed: int) -> np.ndarray:
@@ -78,6 +102,8 @@ def create_iterator(
 ) -> Iterator[dict[str, np.ndarray]]:
     """Endless batches from `start_step` on; `cfg` is an input_pipeline DataConfig."""
     images, labels = load_digits_images(cfg.image_size)
+    chosen = split_indices(cfg.split)
+    images, labels = images[chosen], labels[chosen]
     for step in itertools.count(start_step):
         yield make_batch(
             images,

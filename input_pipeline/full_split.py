@@ -24,8 +24,7 @@ def to_unit_range(images: np.ndarray) -> np.ndarray:
 def split_size(cfg: Any, split: str) -> int:
     """Number of images in `split` of the config's data set (before sharding over processes)."""
     if cfg.name == "digits":
-        _require_digits_split(split)
-        return len(digits.load_digits_images()[1])
+        return len(digits.split_indices(split))
     builder = _builder(cfg)
     return int(builder.info.splits[split].num_examples)
 
@@ -35,8 +34,8 @@ def iterate_split(
 ) -> Iterator[np.ndarray]:
     """Batches [b, S, S, C] float32 in [0, 1] of this process's share of `split`, in order."""
     if cfg.name == "digits":
-        _require_digits_split(split)
         images, _ = digits.load_digits_images(cfg.image_size)
+        images = images[digits.split_indices(split)]
         share = np.array_split(np.arange(len(images)), process_count)[process_index]
         for start in range(0, len(share), batch_size):
             yield to_unit_range(images[share[start : start + batch_size]])
@@ -73,10 +72,3 @@ def _builder(cfg: Any):
     builder = tfds.builder(name, data_dir=data_dir)
     tfds_source.require_prepared(builder, name, data_dir)
     return builder
-
-
-def _require_digits_split(split: str) -> None:
-    if split != "train":
-        raise ValueError(
-            f"data.name='digits' has one split, 'train' (all 1797 images); got split={split!r}."
-        )

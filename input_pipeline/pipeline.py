@@ -42,7 +42,11 @@ class DataConfig:
     text_key: str = field(
         "", "Its text feature, embedded batch by batch; '/' reaches into nested features."
     )
-    split: str = field("train", "The tfds split to train on.")
+    split: str = field(
+        "train",
+        "The split to train on: a tfds split, or for digits 'train' (all 1797), 'fit' (a fixed "
+        "80%) or 'held_out' (the other 20%).",
+    )
     device_prefetch: int = field(
         2, "Batches copied to the devices ahead of the step that uses them (0 = off)."
     )
@@ -80,6 +84,8 @@ class DataConfig:
                 self.channels,
                 f"does not match {self.name}, which has {channels} channel(s).",
             )
+        if self.name == "digits":
+            one_of("data.split", self.split, digits.SPLITS)
         require(
             self.shuffle_buffer >= 1, "data.shuffle_buffer", self.shuffle_buffer, "must be >= 1."
         )

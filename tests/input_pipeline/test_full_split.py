@@ -27,9 +27,16 @@ def test_digits_split_is_every_image_once_and_processes_partition_it():
     np.testing.assert_array_equal(np.concatenate(parts), whole)  # array_split keeps the order
 
 
-def test_digits_has_only_a_train_split():
-    with pytest.raises(ValueError, match="one split, 'train'.*'test'"):
-        next(full_split.iterate_split(DataConfig(name="digits"), "test", 8))
+def test_digits_fit_and_held_out_splits_partition_the_images():
+    cfg = DataConfig(name="digits")
+    fit = np.concatenate(list(full_split.iterate_split(cfg, "fit", 500)))
+    held_out = np.concatenate(list(full_split.iterate_split(cfg, "held_out", 500)))
+    assert (len(fit), len(held_out)) == (1437, 360)
+    assert full_split.split_size(cfg, "held_out") == 360
+    every = {x.tobytes() for x in np.concatenate(list(full_split.iterate_split(cfg, "train", 500)))}
+    assert {x.tobytes() for x in np.concatenate([fit, held_out])} == every
+    with pytest.raises(ValueError, match="digits split must be one of.*'test'"):
+        next(full_split.iterate_split(cfg, "test", 8))
 
 
 def test_cifar_split_is_read_once_in_order_without_flips(prepared_cifar):  # noqa: F811

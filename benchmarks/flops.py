@@ -44,7 +44,7 @@ def lower_abstract_step(config: ml_collections.ConfigDict, devices=None) -> jax.
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=batch_sharding),
         random_host_batch(experiment, config.batch_size),
     )
-    return step.lower(state, batch, experiment.caption_bank)
+    return step.lower(state, batch, experiment.frozen)
 
 
 def step_flops(

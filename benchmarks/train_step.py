@@ -97,7 +97,7 @@ def measure_train_step(
     step = loop.make_train_step(experiment, shardings)
     host_batch = random_host_batch(experiment, config.batch_size)
     batch = sharding.host_batch_to_global(host_batch, experiment.mesh)
-    bank = experiment.caption_bank
+    bank = experiment.frozen
     start = time.perf_counter()
     lowered = step.lower(state, batch, bank)
     lower_s = time.perf_counter() - start

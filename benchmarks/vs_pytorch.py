@@ -107,7 +107,7 @@ class JaxSide:
         self.x = self.batch["image"]
 
     def train(self) -> float:
-        self.state, metrics = self.step(self.state, self.batch, self.experiment.caption_bank)
+        self.state, metrics = self.step(self.state, self.batch, self.experiment.frozen)
         return float(jax.block_until_ready(metrics["loss"]))
 
     def sample(self) -> np.ndarray:

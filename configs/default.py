@@ -41,7 +41,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.image_key = "image"  # Its image feature (centre-cropped and resized).
     # Its text feature, embedded batch by batch; '/' reaches into nested features.
     config.data.text_key = ""
-    config.data.split = "train"  # The tfds split to train on.
+    # The split to train on: a tfds split, or for digits 'train' (all 1797), 'fit' (a fixed 80%) or
+    # 'held_out' (the other 20%).
+    config.data.split = "train"
     # Batches copied to the devices ahead of the step that uses them (0 = off).
     config.data.device_prefetch = 2
 
@@ -71,7 +73,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.diffusion.lognormal_std = 1.2  # t_sampling='lognormal_sigma': EDM's P_std.
 
     # --- Network (model.name picks the backbone): model.* -----------------------------------------
-    config.model = unet_model()  # or dit_model(); model.name picks
+    config.model = unet_model()  # or dit_model(), autoencoder_model()
 
     # --- Conditioning: conditioning.* -------------------------------------------------------------
     config.conditioning = ml_collections.ConfigDict()
@@ -103,6 +105,9 @@ def get_config() -> ml_collections.ConfigDict:
     # Micro-batches per optimizer step, run one after another inside the step (a lax.scan) and
     # averaged before the one update: the whole batch's update, 1/steps of the memory.
     config.training.grad_accumulation_steps = 1
+    # model.name='autoencoder': weight of the KL term (per latent element) against the per-pixel
+    # reconstruction MSE (the beta of a KL-regularised autoencoder).
+    config.training.kl_weight = 0.0001
     # A step with a NaN / inf loss or gradient norm never changes the parameters. 'skip': go on
     # (counted, logged as skipped_steps); 'stop': raise before the next checkpoint.
     config.training.nonfinite_policy = "skip"
@@ -177,6 +182,17 @@ def get_config() -> ml_collections.ConfigDict:
     # Samplers and step counts evaluated in one --mode=eval run, e.g. 'ddim:10,20,50;dpmpp_2m:10,20'
     # ('' = just sampler.name at sampler.num_steps).
     config.eval.sweep = ""
+
+    # --- Latent diffusion (a frozen autoencoder): autoencoder.* -----------------------------------
+    config.autoencoder = ml_collections.ConfigDict()
+    # A diffusers-format AutoencoderKL directory (config.json + diffusion_pytorch_model.safetensors:
+    # a Stable Diffusion repository's vae/ folder, or what a model.name='autoencoder' run exports);
+    # '' = diffusion on pixels.
+    config.autoencoder.path = ""
+    # Train on a posterior sample of each image (LDM) instead of the posterior mean.
+    config.autoencoder.sample_posterior = True
+    # Decode sampled latents this many images per device at a time (0 = all at once).
+    config.autoencoder.decode_chunk = 0
     return config
 
 
@@ -227,4 +243,22 @@ def dit_model() -> ml_collections.ConfigDict:
     model.dtype = "float32"  # 'bfloat16': the network computes in bf16 (state stays fp32).
     # Attention kernel: None lets JAX choose, 'xla', or 'cudnn' (GPU + bfloat16).
     model.attention_impl = ml_collections.config_dict.placeholder(str)
+    return model
+
+
+def autoencoder_model() -> ml_collections.ConfigDict:
+    """config.model for model.name = "autoencoder" (models/autoencoder.py)."""
+    model = ml_collections.ConfigDict()
+    model.name = "autoencoder"  # The backbone (models/registry.py).
+    model.latent_channels = 4  # Latent channels (4: SD 1.x-XL; 16: SD3, Flux).
+    # Width of each level; every level but the last halves H and W.
+    model.block_out_channels = (128, 256, 512, 512)
+    model.layers_per_block = 2  # Resnets per encoder level (decoder: one more).
+    model.norm_num_groups = 32  # GroupNorm groups.
+    model.act_fn = "silu"  # Activation; only SiLU ('silu' or 'swish') exists.
+    model.scaling_factor = 0.18215  # Latent scale: to_latent multiplies by it.
+    model.shift_factor = 0.0  # Latent shift, subtracted before scaling (SD3).
+    model.use_quant_conv = True  # 1x1 conv on the encoder's moments.
+    model.use_post_quant_conv = True  # 1x1 conv on latents before the decoder.
+    model.mid_block_add_attention = True  # Self-attention in the mid blocks.
     return model

@@ -9,18 +9,22 @@ from flax import nnx
 
 import schema
 from errors import ConfigError
+from models.autoencoder import AutoencoderConfig, AutoencoderKL
 from models.dit import DiT, DiTConfig
 from models.unet import UNet, UNetConfig
 
-ModelConfig = UNetConfig | DiTConfig
+ModelConfig = UNetConfig | DiTConfig | AutoencoderConfig
 
 MODELS: dict[str, tuple[type[nnx.Module], type[ModelConfig]]] = {
     "unet": (UNet, UNetConfig),
     "dit": (DiT, DiTConfig),
+    # Trained with the reconstruction + KL loss (training/autoencoder_step.py), not diffusion.
+    "autoencoder": (AutoencoderKL, AutoencoderConfig),
 }
 # Set from the data and the conditioning, never from `config.model`.
 DATA_FIELDS = (
     "image_size",
+    "sample_size",
     "in_channels",
     "out_channels",
     "num_classes",
@@ -48,6 +52,7 @@ def make_model_config(
     _, config_cls = MODELS[name]
     fixed = {
         "image_size": image_size,
+        "sample_size": image_size,
         "in_channels": channels,
         "out_channels": channels,
         "num_classes": num_classes,

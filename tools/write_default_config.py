@@ -14,6 +14,7 @@ import typing
 from typing import Any
 
 import schema
+from models.autoencoder import AutoencoderConfig
 from models.dit import DiTConfig
 from models.registry import DATA_FIELDS
 from models.unet import UNetConfig
@@ -32,7 +33,11 @@ GENERATED from the typed sections (training/run_config.py and the classes it nam
 
 import ml_collections
 '''
-BACKBONES = {"unet": (UNetConfig, "models/unet.py"), "dit": (DiTConfig, "models/dit.py")}
+BACKBONES = {
+    "unet": (UNetConfig, "models/unet.py"),
+    "dit": (DiTConfig, "models/dit.py"),
+    "autoencoder": (AutoencoderConfig, "models/autoencoder.py"),
+}
 
 
 def _literal(value: Any, hint: Any) -> str:
@@ -83,7 +88,7 @@ def render() -> str:
         title = schema.doc(run_config.RunConfig, name)
         lines += ["", _section_comment(f"{title}: {name}.*")]
         if name == "model":
-            lines.append("    config.model = unet_model()  # or dit_model(); model.name picks")
+            lines.append("    config.model = unet_model()  # or dit_model(), autoencoder_model()")
             continue
         lines.append(f"    config.{name} = ml_collections.ConfigDict()")
         lines += _assignments(f"config.{name}", cls, schema.to_dict(getattr(run, name)), "    ")

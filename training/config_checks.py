@@ -117,7 +117,7 @@ def check_model(run: RunConfig) -> None:
             "doubles the output channels for a learned variance, which the training loss does "
             "not use; allowed: False.",
         )
-    if model.attention_impl == "cudnn":
+    if getattr(model, "attention_impl", None) == "cudnn":
         require(
             model.dtype == "bfloat16",
             "model.dtype",
@@ -201,3 +201,27 @@ def check_eval(run: RunConfig) -> None:
             run.eval.feature_network,
             f"'digits' judges the 8x8 digits only; data.name={run.data.name!r} needs 'inception'.",
         )
+
+
+def check_latent(latent, data: DataConfig, model_values) -> None:
+    """A frozen autoencoder against the images it encodes and the model trained on its latents."""
+    factor = latent.downsampling_factor
+    require(
+        data.image_size % factor == 0,
+        "data.image_size",
+        data.image_size,
+        f"must be a multiple of the autoencoder's downsampling factor {factor}.",
+    )
+    require(
+        data.channels == latent.in_channels,
+        "data.channels",
+        data.channels,
+        f"must equal the autoencoder's in_channels={latent.in_channels}.",
+    )
+    name = dict(model_values).get("name", "unet")
+    require(
+        name != "autoencoder",
+        "autoencoder.path",
+        "(set)",
+        "is for diffusion on latents; an autoencoder is trained on pixels (leave it empty).",
+    )

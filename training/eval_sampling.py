@@ -68,6 +68,7 @@ class EvalSampler:
             flow_shift=run.diffusion.flow_shift,
             conditions=first,
             sequence_parallel=run.mesh.sequence_parallel,
+            latent=experiment.latent,
         )
 
     def draw(

@@ -17,13 +17,15 @@ from diffusion.schedules import NoiseSchedule
 from errors import ConfigError
 from input_pipeline import captions, pipeline
 from models import registry
+from models.autoencoder import AutoencoderConfig
 from models.functional import FunctionalModel, functionalize
 from training import conditioning
 from training.conditioning import SampleConditions, TextBank
+from training.latent import LatentSpace, load_latent_space
 from training.optimizer import learning_rate_schedule, make_optimizer
 from training.run_config import RunConfig, TextEncoderConfig
 from training.sampling import SamplerConfig
-from training.train_step import StepConfig
+from training.train_step import FrozenInputs, StepConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +45,15 @@ class Experiment:
     text_encoder: Any = None  # models.text_encoders.TextEncoder when conditioning.kind = "text"
     caption_bank: TextBank | None = None  # the dataset's captions + the empty prompt (null row)
     sample_conditions: SampleConditions | None = None  # what sample grids / --mode=sample draw
+    latent: LatentSpace | None = None  # latent diffusion: the frozen autoencoder
+
+    @property
+    def frozen(self) -> FrozenInputs | None:
+        """What the train step reads but never trains (None when there is nothing)."""
+        if self.caption_bank is None and self.latent is None:
+            return None
+        params = None if self.latent is None else self.latent.params
+        return FrozenInputs(bank=self.caption_bank, autoencoder=params)
 
     @property
     def data(self) -> pipeline.DataConfig:
@@ -54,6 +65,9 @@ class Experiment:
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
+        """[H, W, C] of what the diffusion model sees: pixels, or latents of a latent run."""
+        if self.latent is not None:
+            return self.latent.latent_shape(self.data.image_size)
         return (self.data.image_size, self.data.image_size, self.data.channels)
 
 
@@ -81,6 +95,7 @@ def build_experiment(
     # The null condition: the reserved class row, or the caption bank's last (empty) prompt.
     null_id = {"none": 0, "class": num_classes, "text": len(caption_table)}[cond.kind]
     build = registry.build_model(run.model)
+    latent = load_latent_space(run.autoencoder)  # reads the frozen autoencoder's files
     bank = conditioning.caption_bank(encoder, caption_table) if encoder else None
     return Experiment(
         run=run,
@@ -99,12 +114,16 @@ def build_experiment(
             cond_dropout=cond.dropout if cond.kind != "none" else 0.0,
             null_id=null_id,
             grad_accumulation_steps=run.training.grad_accumulation_steps,
+            autoencoder=run.model if isinstance(run.model, AutoencoderConfig) else None,
+            kl_weight=run.training.kl_weight,
+            latent=latent,
         ),
         mesh=mesh,
         sharding_rules=sharding.rules_for(mesh, run.mesh.rules),
         num_classes=num_classes,
         text_encoder=encoder,
         caption_bank=bank,
+        latent=latent,
         sample_conditions=conditioning.sample_conditions(
             cond.kind,
             per_prompt=sampler.num_samples,

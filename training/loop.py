@@ -15,7 +15,14 @@ from clu import metric_writers, periodic_actions
 import sharding
 from input_pipeline import device_prefetch, pipeline
 from models.functional import init_params
-from training import checkpointing, conditioning, images, nonfinite, preemption
+from training import (
+    autoencoder_run,
+    checkpointing,
+    conditioning,
+    images,
+    nonfinite,
+    preemption,
+)
 from training.experiment import Experiment, build_experiment
 from training.run_config import RunConfig
 from training.sampling import make_sample_fn
@@ -94,7 +101,10 @@ def make_train_step(experiment: Experiment, shardings: TrainState):
 
 def experiment_sample_fn(experiment: Experiment, params_sharding):
     """The experiment's sampler (`sampler.*`, its conditions), taking EMA params laid out as
-    `params_sharding`: what sample grids, --mode=sample and the benchmarks draw with."""
+    `params_sharding`: what sample grids, --mode=sample and the benchmarks draw with. An
+    autoencoder run "samples" held-out images and their reconstructions instead."""
+    if experiment.step_config.autoencoder is not None:
+        return autoencoder_run.reconstruction_grid_fn(experiment)
     return make_sample_fn(
         experiment.model,
         experiment.schedule,
@@ -107,6 +117,7 @@ def experiment_sample_fn(experiment: Experiment, params_sharding):
         flow_shift=experiment.run.diffusion.flow_shift,
         conditions=experiment.sample_conditions,
         sequence_parallel=experiment.run.mesh.sequence_parallel,
+        latent=experiment.latent,
     )
 
 
@@ -125,7 +136,10 @@ def write_sample_grid(
 
 
 def grid_rows(experiment: Experiment) -> int | None:
-    """One grid row per prompt / class for conditional models (None: a square grid)."""
+    """One grid row per prompt / class for conditional models, originals over reconstructions
+    for autoencoders (None: a square grid)."""
+    if experiment.step_config.autoencoder is not None:
+        return 2
     conditions = experiment.sample_conditions
     return None if conditions is None else len(conditions.prompts)
 
@@ -199,7 +213,9 @@ def _train(
     train_step = make_train_step(experiment, shardings)
     sample_fn = experiment_sample_fn(experiment, shardings.ema_params)
     evaluate = None
-    if config.eval_every_steps:  # reference statistics read (or made once), chain compiled
+    if experiment.step_config.autoencoder is not None:  # reconstruction PSNR on held-out images
+        evaluate = autoencoder_run.reconstruction_metrics_fn(experiment)
+    elif config.eval_every_steps:  # reference statistics read (or made once), chain compiled
         from training.evaluator import InLoopEvaluator  # noqa: PLC0415 (only when evaluating)
 
         evaluate = InLoopEvaluator(experiment, shardings.ema_params)
@@ -222,7 +238,7 @@ def _train(
     for step in range(start_step + 1, config.num_train_steps + 1):
         with jax.profiler.StepTraceAnnotation("train", step_num=step):
             batch = next(batches)  # put on the devices data.device_prefetch steps ahead
-            state, metrics = train_step(state, batch, experiment.caption_bank)
+            state, metrics = train_step(state, batch, experiment.frozen)
         pending.append((step, metrics))
         interval_steps += 1
         report(step)
@@ -252,11 +268,15 @@ def _train(
                     writer, sample_fn, state, step, workdir, config.seed, grid_rows(experiment)
                 )
             interval_start += time.perf_counter() - paused
-        if evaluate is not None and (step % config.eval_every_steps == 0 or is_last):
+        every = config.eval_every_steps or config.sample_every_steps
+        if evaluate is not None and every and (step % every == 0 or is_last):
             paused = time.perf_counter()
             with report.timed("eval"):
                 writer.write_scalars(step, evaluate(state.ema_params))
             interval_start += time.perf_counter() - paused
     manager.wait_until_finished()  # async saves, the final one included
+    if experiment.step_config.autoencoder is not None and int(state.step) == config.num_train_steps:
+        path = autoencoder_run.export(experiment, state.ema_params, workdir)
+        logging.info("Exported the autoencoder (EMA params, diffusers format) to %s", path)
     writer.flush()
     return state

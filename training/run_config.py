@@ -29,6 +29,7 @@ from models.unet import UNetConfig
 from schema import field, one_of, require
 from sharding import MeshConfig
 from training.conditioning import ConditioningConfig
+from training.latent import LatentConfig
 from training.optimizer import OptimizerConfig
 from training.sampling import SamplerConfig
 
@@ -144,6 +145,11 @@ class TrainingConfig:
         "Micro-batches per optimizer step, run one after another inside the step (a lax.scan) "
         "and averaged before the one update: the whole batch's update, 1/steps of the memory.",
     )
+    kl_weight: float = field(
+        1e-4,
+        "model.name='autoencoder': weight of the KL term (per latent element) against the "
+        "per-pixel reconstruction MSE (the beta of a KL-regularised autoencoder).",
+    )
     nonfinite_policy: str = field(
         "skip",
         "A step with a NaN / inf loss or gradient norm never changes the parameters. 'skip': go "
@@ -162,6 +168,7 @@ class TrainingConfig:
             self.grad_accumulation_steps,
             "must be >= 1.",
         )
+        require(self.kl_weight >= 0.0, "training.kl_weight", self.kl_weight, "must be >= 0.")
         one_of("training.nonfinite_policy", self.nonfinite_policy, NONFINITE_POLICIES)
 
 
@@ -198,6 +205,7 @@ class RunConfig:
     sampler: SamplerConfig = field(SamplerConfig(), "Sampling")
     mesh: MeshConfig = field(MeshConfig(), "Device mesh")
     eval: EvalConfig = field(EvalConfig(), "Evaluation (--mode=eval / eval_stats, in-loop)")
+    autoencoder: LatentConfig = field(LatentConfig(), "Latent diffusion (a frozen autoencoder)")
 
     def validate(self) -> None:
         """The run-level fields on their own (cross-section checks: config_checks)."""
@@ -237,10 +245,15 @@ class RunConfig:
         model_values = values.pop("model", {"name": "unet"})
         data, conditioning = sections["data"], sections["conditioning"]
         widths = config_checks.text_widths(sections["text_encoder"], conditioning, data)
+        size, channels = data.image_size, data.channels
+        latent = sections["autoencoder"].read_config()  # config.json only; None: pixels
+        if latent is not None:
+            config_checks.check_latent(latent, data, model_values)
+            size, channels = size // latent.downsampling_factor, latent.latent_channels
         sections["model"] = registry.make_model_config(
             model_values,
-            image_size=data.image_size,
-            channels=data.channels,
+            image_size=size,
+            channels=channels,
             num_classes=config_checks.num_classes(data) if conditioning.kind == "class" else None,
             context_dim=widths[0] if widths else None,
             pooled_dim=widths[1] if widths else None,
@@ -273,4 +286,5 @@ SECTIONS: dict[str, type] = {
     "sampler": SamplerConfig,
     "mesh": MeshConfig,
     "eval": EvalConfig,
+    "autoencoder": LatentConfig,
 }

@@ -18,6 +18,7 @@ from diffusion.schedules import NoiseSchedule
 from models.functional import FunctionalModel, Params
 from schema import field, one_of, require
 from training.conditioning import SampleConditions
+from training.latent import LatentSpace
 
 MAX_SAMPLES = 65_536  # images per prompt / class in one sampling batch (allocated whole)
 
@@ -98,6 +99,7 @@ def make_sample_fn(
     flow_shift: float = 1.0,
     conditions: SampleConditions | None = None,
     sequence_parallel: bool = False,
+    latent: LatentSpace | None = None,
 ) -> Callable[..., np.ndarray]:
     """Returns `sample_fn(params, key, num_steps=None, guidance_scale=None) -> numpy images`.
 
@@ -105,7 +107,9 @@ def make_sample_fn(
     (num_samples per prompt), with classifier-free guidance, both branches in one batched call.
     The noise and the whole reverse chain are sharded over the batch axes of `mesh`; the image
     count is padded up to a multiple of the number of batch shards and trimmed afterwards. The
-    guidance scale and the conditioning are traced, so sweeping them never recompiles.
+    guidance scale and the conditioning are traced, so sweeping them never recompiles. With a
+    `latent` space the chain runs on latents and ends with the frozen decoder (sharded alike), so
+    the images returned are pixels.
     """
     total = sampler.num_samples if conditions is None else len(conditions.prompt_ids)
     shards = sharding.num_batch_shards(mesh)
@@ -116,7 +120,7 @@ def make_sample_fn(
     if conditions is not None:
         cond, uncond = (_pad_rows(tree, padded) for tree in (conditions.cond, conditions.uncond))
 
-    def sample_fn(params, key, grid, cond, uncond, guidance_scale) -> jax.Array:
+    def sample_fn(params, key, grid, cond, uncond, guidance_scale, decoder_params) -> jax.Array:
         noise_key, chain_key = jax.random.split(key)
         x_T = jax.random.normal(noise_key, (padded, *image_shape), jnp.float32)
         x_T = jax.lax.with_sharding_constraint(x_T, batch_sharding)
@@ -135,9 +139,13 @@ def make_sample_fn(
         denoise = samplers.make_denoiser(
             guided, precond, sampler.thresholding, sampler.dynamic_percentile, process
         )
-        return samplers.sample_on_grid(
+        samples = samplers.sample_on_grid(
             denoise, grid, x_T, chain_key, sampler=sampler.name, eta=sampler.eta, process=process
         ).samples
+        if latent is None:
+            return samples
+        images = latent.decode(decoder_params, samples)
+        return jax.lax.with_sharding_constraint(images, batch_sharding)
 
     jitted = jax.jit(
         sample_fn,
@@ -147,6 +155,7 @@ def make_sample_fn(
             replicated,
             batch_sharding,
             batch_sharding,
+            replicated,
             replicated,
         ),
         out_shardings=batch_sharding,
@@ -183,7 +192,8 @@ def make_sample_fn(
             call_cond, call_uncond = (
                 _pad_rows(tree, padded) for tree in (conditions.cond, conditions.uncond)
             )
-        return jitted(params, key, grid, call_cond, call_uncond, jnp.float32(scale))
+        decoder_params = None if latent is None else latent.params
+        return jitted(params, key, grid, call_cond, call_uncond, jnp.float32(scale), decoder_params)
 
     def sample_to_host(
         params: Params,

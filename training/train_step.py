@@ -9,6 +9,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import optax
+from flax import struct
 
 import sharding
 from diffusion import losses
@@ -16,8 +17,11 @@ from diffusion.precond import Precond
 from diffusion.processes import TimeSampling
 from diffusion.schedules import NoiseSchedule
 from diffusion.weighting import Weighting
+from models.autoencoder import AutoencoderConfig
 from models.functional import FunctionalModel
 from training import conditioning
+from training.autoencoder_step import autoencoder_loss
+from training.latent import LatentSpace
 from training.train_state import TrainState, step_key
 
 
@@ -34,6 +38,19 @@ class StepConfig:
     cond_dropout: float = 0.0  # chance of the null condition per example (CFG training)
     null_id: int = 0  # id of the null condition (class count, or the bank's empty prompt)
     grad_accumulation_steps: int = 1  # micro-batches per optimizer step (one lax.scan)
+    # model.name='autoencoder': its config (the loss is reconstruction + kl_weight * KL).
+    autoencoder: AutoencoderConfig | None = None
+    kl_weight: float = 0.0
+    latent: LatentSpace | None = None  # latent diffusion: the frozen encoder before the loss
+
+
+@struct.dataclass
+class FrozenInputs:
+    """What the step reads but never trains, passed replicated: the text bank of a
+    text-conditioned run and the frozen autoencoder's params of a latent one."""
+
+    bank: conditioning.TextBank | None = None
+    autoencoder: dict | None = None
 
 
 def ema_update(ema_params, params, decay: float):
@@ -111,7 +128,7 @@ def diffusion_loss(
 def train_step(
     state: TrainState,
     batch: dict[str, jax.Array],
-    bank: conditioning.TextBank | None = None,
+    frozen: FrozenInputs | None = None,
     *,
     model: FunctionalModel,
     schedule: NoiseSchedule | None,
@@ -122,7 +139,9 @@ def train_step(
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One optimizer step on the global batch; returns the new state and scalar metrics.
 
-    `bank` holds the text embeddings that text-conditioned batches index by `caption_id`.
+    `frozen.bank` holds the text embeddings that text-conditioned batches index by
+    `caption_id`; `frozen.autoencoder` the params of a latent run's encoder (images are encoded
+    here, a fresh posterior sample every step, before the noise is drawn).
     Noise levels, noise and condition dropout are drawn for the whole batch from the step key,
     so accumulating over micro-batches (`batch_sharding`: how the batch is split over devices)
     sees the same draws as one full-batch pass. Only the network runs in `model.dtype`: images,
@@ -131,18 +150,28 @@ def train_step(
     """
     key = step_key(state)
     loss_key, dropout_key = jax.random.split(key)
+    frozen = FrozenInputs() if frozen is None else frozen
     cond = conditioning.batch_conditions(
         config.conditioning,
         batch,
-        bank,
+        frozen.bank,
         jax.random.fold_in(key, 2),
         config.cond_dropout,
         config.null_id,
     )
     images = batch["image"].astype(jnp.float32)  # [B, H, W, C]
-    draws = losses.draw_noise(loss_key, images, schedule, config.process, config.time_sampling)
-    inputs = {"image": images, "draws": draws, "cond": cond}
-    loss_fn = functools.partial(diffusion_loss, model=model, config=config)
+    if config.autoencoder is not None:
+        inputs = {"image": images}
+        loss_fn = functools.partial(
+            autoencoder_loss, config=config.autoencoder, kl_weight=config.kl_weight
+        )
+    else:
+        if config.latent is not None:
+            posterior_key = jax.random.fold_in(key, 3)
+            images = config.latent.encode(frozen.autoencoder, images, posterior_key)
+        draws = losses.draw_noise(loss_key, images, schedule, config.process, config.time_sampling)
+        inputs = {"image": images, "draws": draws, "cond": cond}
+        loss_fn = functools.partial(diffusion_loss, model=model, config=config)
     grads, aux = accumulate_gradients(
         jax.value_and_grad(loss_fn, has_aux=True),
         state.params,
@@ -191,17 +220,17 @@ def jit_train_step(
 ):
     """Compiles `train_step` once with explicit in/out shardings.
 
-    The step is called as `step(state, batch, bank)`; the text bank (or None) is replicated.
+    The step is called as `step(state, batch, frozen)`; FrozenInputs (or None) is replicated.
     Activations follow `sharding.activation_rules(sequence_parallel)` on the batch's mesh. With
     `donate_state` the input state's buffers are donated (the new state reuses them, and the
     state passed in must not be used again); without it both states live until the old is freed.
     """
     mesh = batch_sharding.mesh
 
-    def step(state, batch, bank):
+    def step(state, batch, frozen):
         # Entered while jit traces: the models' activation marks become sharding constraints.
         with sharding.activation_constraints(mesh, sequence_parallel):
-            return train_step(state, batch, bank, batch_sharding=batch_sharding, **static)
+            return train_step(state, batch, frozen, batch_sharding=batch_sharding, **static)
 
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     return jax.jit(

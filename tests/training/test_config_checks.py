@@ -6,7 +6,7 @@ import math
 import ml_collections
 import pytest
 
-from configs import cifar_ddpm, digits_ddpm, digits_dit, digits_flow, digits_text_unet
+from configs import cifar_ddpm, digits_ddpm, digits_dit, digits_flow, digits_text_unet, digits_vae
 from errors import ConfigError
 from training import config_checks
 from training.run_config import RunConfig
@@ -36,7 +36,7 @@ def _refused(config, match: str, num_devices: int = 8) -> str:
 
 
 @pytest.mark.parametrize(
-    "module", [cifar_ddpm, digits_ddpm, digits_dit, digits_flow, digits_text_unet]
+    "module", [cifar_ddpm, digits_ddpm, digits_dit, digits_flow, digits_text_unet, digits_vae]
 )
 def test_shipped_configs_pass(module):
     RunConfig.from_configdict(module.get_config(), 8, process_count=1)

@@ -21,7 +21,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import schema
-from configs import cifar_ddpm, cifar_dit, digits_ddpm, digits_dit, digits_flow, digits_text_unet
+from configs import (
+    cifar_ddpm,
+    cifar_dit,
+    digits_ddpm,
+    digits_dit,
+    digits_flow,
+    digits_text_unet,
+    digits_vae,
+)
 from errors import ConfigError
 from models import registry
 from training import experiment as experiment_lib
@@ -30,7 +38,15 @@ from training.run_config import RunConfig
 
 DELETE = "<deleted>"  # marker: remove the field
 NUM_DEVICES = 8  # tests/conftest.py
-SHIPPED = (digits_ddpm, digits_dit, digits_flow, cifar_ddpm, cifar_dit, digits_text_unet)
+SHIPPED = (
+    digits_ddpm,
+    digits_dit,
+    digits_flow,
+    cifar_ddpm,
+    cifar_dit,
+    digits_text_unet,
+    digits_vae,
+)
 
 
 def schema_fields() -> dict[str, typing.Any]:

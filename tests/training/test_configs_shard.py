@@ -66,7 +66,7 @@ def test_digits_configs_take_sharded_steps(module, mesh):
     step = loop.make_train_step(experiment, shardings)
     batch = sharding.host_batch_to_global(_host_batch(experiment, 16), experiment.mesh)
     for _ in range(2):
-        state, metrics = step(state, batch, experiment.caption_bank)
+        state, metrics = step(state, batch, experiment.frozen)
     assert int(state.step) == 2 and np.isfinite(float(metrics["loss"]))
     if mesh == "fsdp":
         specs = {str(leaf.sharding.spec) for leaf in jax.tree.leaves(state.params)}
@@ -96,7 +96,7 @@ def test_cifar_configs_compile_their_sharded_step(module, mesh, clip_dir):
         _host_batch(experiment, 8),
     )
     step = loop.make_train_step(experiment, shardings)
-    compiled = step.lower(state, batch, experiment.caption_bank).compile()
+    compiled = step.lower(state, batch, experiment.frozen).compile()
     per_device = compiled.memory_analysis().argument_size_in_bytes
     total = sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(state))
     if mesh == "fsdp":

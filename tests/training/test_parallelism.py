@@ -22,7 +22,7 @@ def _steps(config, num_steps=2):
     }
     for _ in range(num_steps):
         batch = sharding.host_batch_to_global(host, experiment.mesh)
-        state, metrics = step(state, batch, experiment.caption_bank)
+        state, metrics = step(state, batch, experiment.frozen)
     return state, float(metrics["loss"])
 
 

@@ -40,7 +40,7 @@ def test_train_step_lowers_the_loss_on_a_fixed_batch(tiny_config):
     before = _eval_loss(experiment, state.params, host["image"])
     for _ in range(40):
         batch = sharding.host_batch_to_global(host, experiment.mesh)
-        state, metrics = step(state, batch, experiment.caption_bank)
+        state, metrics = step(state, batch, experiment.frozen)
     after = _eval_loss(experiment, state.params, host["image"])
     assert int(state.step) == 40
     assert np.isfinite(float(metrics["loss"])) and float(metrics["grad_norm"]) > 0
@@ -59,7 +59,7 @@ def _two_steps(config, devices):
     host = _digits_batch(config.batch_size)
     for _ in range(2):
         batch = sharding.host_batch_to_global(host, experiment.mesh)
-        state, metrics = step(state, batch, experiment.caption_bank)
+        state, metrics = step(state, batch, experiment.frozen)
     return state, metrics
 
 
@@ -100,7 +100,7 @@ def test_nonfinite_batch_skips_the_update_but_advances_the_step(tiny_config):
         host = _digits_batch(tiny_config.batch_size)
         before = jax.device_get(state)  # host copies: the step donates the state's buffers
         state, metrics = step(
-            state, sharding.host_batch_to_global(host, experiment.mesh), experiment.caption_bank
+            state, sharding.host_batch_to_global(host, experiment.mesh), experiment.frozen
         )
         finite = jax.device_get(state)
         assert float(metrics["nonfinite"]) == 0.0 and int(finite.step) == 1
@@ -109,7 +109,7 @@ def test_nonfinite_batch_skips_the_update_but_advances_the_step(tiny_config):
 
         host["image"][3, 2, 2, 0] = np.nan  # one NaN pixel poisons the loss and every gradient
         state, metrics = step(
-            state, sharding.host_batch_to_global(host, experiment.mesh), experiment.caption_bank
+            state, sharding.host_batch_to_global(host, experiment.mesh), experiment.frozen
         )
     skipped = jax.device_get(state)
     assert float(metrics["nonfinite"]) == 1.0 and not np.isfinite(float(metrics["loss"]))
@@ -130,7 +130,7 @@ def test_donate_state_frees_or_keeps_the_input_state(tiny_config, donate):
     tiny_config.training.donate_state = donate
     with _smallest_step(tiny_config) as (experiment, state, step):
         batch = sharding.host_batch_to_global(_digits_batch(16), experiment.mesh)
-        new_state, _ = step(state, batch, experiment.caption_bank)
+        new_state, _ = step(state, batch, experiment.frozen)
         jax.block_until_ready(new_state)
     deleted = [leaf.is_deleted() for leaf in jax.tree.leaves(state)]
     assert int(new_state.step) == 1

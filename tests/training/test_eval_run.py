@@ -95,6 +95,9 @@ def test_eval_writes_a_record_per_sweep_point_and_8_devices_equal_1(trained):
     with open(os.path.join(workdir, "eval", f"{TRAIN_STEPS}_table.md")) as file:
         assert file.read().count("\n") == 2 + len(records)
     config.eval.sweep = "ddim:10"
+    again = eval_run.evaluate_checkpoint(config, workdir)[0]  # same seed and settings
+    for name, value in records[0]["metrics"].items():
+        np.testing.assert_allclose(again["metrics"][name], value, rtol=1e-6, err_msg=name)
     one_device = eval_run.evaluate_checkpoint(config, workdir, devices=jax.devices()[:1])[0]
     for name, value in records[0]["metrics"].items():
         np.testing.assert_allclose(one_device["metrics"][name], value, rtol=1e-4, err_msg=name)

@@ -144,6 +144,18 @@ class Upsample(nnx.Module):
         return self.conv(jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2))
 
 
+def _resnets(in_channels: int, out_channels: int, num_layers: int, num_groups: int, rngs):
+    """The resnets of one level: the first maps in_channels to out_channels."""
+    return nnx.List(
+        [
+            ResnetBlock(
+                in_channels if i == 0 else out_channels, out_channels, num_groups, rngs=rngs
+            )
+            for i in range(num_layers)
+        ]
+    )
+
+
 class DownEncoderBlock(nnx.Module):
     """DownEncoderBlock2D: `num_layers` resnets, then a Downsample unless it is the last level."""
 
@@ -157,14 +169,7 @@ class DownEncoderBlock(nnx.Module):
         *,
         rngs: nnx.Rngs,
     ):
-        self.resnets = nnx.List(
-            [
-                ResnetBlock(
-                    in_channels if i == 0 else out_channels, out_channels, num_groups, rngs=rngs
-                )
-                for i in range(num_layers)
-            ]
-        )
+        self.resnets = _resnets(in_channels, out_channels, num_layers, num_groups, rngs)
         self.downsamplers = nnx.List([Downsample(out_channels, rngs=rngs)] if downsample else [])
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -188,14 +193,7 @@ class UpDecoderBlock(nnx.Module):
         *,
         rngs: nnx.Rngs,
     ):
-        self.resnets = nnx.List(
-            [
-                ResnetBlock(
-                    in_channels if i == 0 else out_channels, out_channels, num_groups, rngs=rngs
-                )
-                for i in range(num_layers)
-            ]
-        )
+        self.resnets = _resnets(in_channels, out_channels, num_layers, num_groups, rngs)
         self.upsamplers = nnx.List([Upsample(out_channels, rngs=rngs)] if upsample else [])
 
     def __call__(self, x: jax.Array) -> jax.Array:

@@ -16,14 +16,13 @@ import os
 import re
 from pathlib import Path
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
 from errors import ConfigError
 from models.autoencoder import AutoencoderConfig, build_autoencoder
-from models.functional import Params, functionalize
+from models.functional import Params, flatten, functionalize, unflatten
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "diffusion_pytorch_model.safetensors"
@@ -96,14 +95,14 @@ def params_from_diffusers(tensors: dict[str, np.ndarray], config: AutoencoderCon
         path: jnp.asarray(_from_torch(tensors[name], len(shape)), jnp.float32)
         for name, (path, shape) in expected.items()
     }
-    return _unflatten(flat)
+    return unflatten(flat)
 
 
 def params_to_diffusers(params: Params, config: AutoencoderConfig) -> dict[str, np.ndarray]:
     """Our params -> diffusers tensor name -> contiguous torch-layout float32 array."""
     expected = expected_tensors(config)
     expected_paths = {path for path, _ in expected.values()}
-    given = _flatten(params)
+    given = flatten(params)
     unknown = sorted(_show(path) for path in given if path not in expected_paths)
     absent = sorted(_show(path) for path in expected_paths if path not in given)
     if unknown or absent:
@@ -129,7 +128,7 @@ def expected_tensors(config: AutoencoderConfig) -> dict[str, tuple[ParamPath, tu
     abstract = functionalize(build_autoencoder(config)).abstract_params
     return {
         ".".join(str(key) for key in path[:-1]) + "." + _LEAF_NAMES[path[-1]]: (path, leaf.shape)
-        for path, leaf in _flatten(abstract).items()
+        for path, leaf in flatten(abstract).items()
     }
 
 
@@ -200,23 +199,6 @@ def _check_directory(directory: Path) -> Path:
             f"expected {EXPECTED_FILES}; found {found}.{hint}"
         )
     return directory
-
-
-def _flatten(tree: Params) -> dict[ParamPath, jax.Array]:
-    return {
-        tuple(key.key for key in path): leaf
-        for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
-    }
-
-
-def _unflatten(flat: dict[ParamPath, jax.Array]) -> Params:
-    tree: Params = {}
-    for path, leaf in flat.items():
-        node = tree
-        for key in path[:-1]:
-            node = node.setdefault(key, {})
-        node[path[-1]] = leaf
-    return tree
 
 
 def _show(path: ParamPath) -> str:

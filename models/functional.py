@@ -75,5 +75,24 @@ def count_params(params: Params) -> int:
     return sum(int(leaf.size) for leaf in jax.tree.leaves(params))
 
 
+def flatten(tree: Params) -> dict[tuple, Any]:
+    """{path tuple: leaf} of a nested params dict."""
+    return {
+        tuple(key.key for key in path): leaf
+        for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
+    }
+
+
+def unflatten(flat: dict[tuple, Any]) -> Params:
+    """The nested params dict of {path tuple: leaf} (inverse of `flatten`)."""
+    tree: Params = {}
+    for path, leaf in flat.items():
+        node = tree
+        for key in path[:-1]:
+            node = node.setdefault(key, {})
+        node[path[-1]] = leaf
+    return tree
+
+
 def _is_spec(x: Any) -> bool:
     return isinstance(x, jax.sharding.PartitionSpec) or x is None

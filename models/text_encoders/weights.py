@@ -16,10 +16,11 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from safetensors.numpy import load_file
+
+from models.functional import flatten, unflatten
 
 Params = dict[Any, Any]
 
@@ -131,7 +132,7 @@ def to_params(
     _raise_if("Unknown checkpoint tensors (no rule maps them)", unknown)
     _raise_if("Checkpoint tensors that map to one parameter but differ", conflicting)
 
-    expected = _flatten(abstract_params)
+    expected = flatten(abstract_params)
     unexpected = [
         f"{name} -> {_show(path)}" for path, (name, _) in by_path.items() if path not in expected
     ]
@@ -146,7 +147,7 @@ def to_params(
     _raise_if("Checkpoint tensors whose shape does not match the config", wrong_shape)
 
     flat = {path: jnp.asarray(array, expected[path].dtype) for path, (_, array) in by_path.items()}
-    return _unflatten(flat)
+    return unflatten(flat)
 
 
 def _apply_rules(
@@ -161,23 +162,6 @@ def _apply_rules(
             )
             return path, (array.T if rule.transpose else array)
     return None, array
-
-
-def _flatten(tree: Params) -> dict[tuple, jax.ShapeDtypeStruct]:
-    return {
-        tuple(key.key for key in path): leaf
-        for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
-    }
-
-
-def _unflatten(flat: dict[tuple, jax.Array]) -> Params:
-    tree: Params = {}
-    for path, leaf in flat.items():
-        node = tree
-        for key in path[:-1]:
-            node = node.setdefault(key, {})
-        node[path[-1]] = leaf
-    return tree
 
 
 def _show(path: tuple) -> str:

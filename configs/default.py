@@ -41,6 +41,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.image_key = "image"  # Its image feature (centre-cropped and resized).
     # Its text feature, embedded batch by batch; '/' reaches into nested features.
     config.data.text_key = ""
+    # Its integer class-label feature, e.g. 'label' for imagenet2012 ('' = unlabelled).
+    config.data.label_key = ""
+    # With label_key: the number of classes (checked against the dataset's ClassLabel).
+    config.data.num_classes = 0
     # The split to train on: a tfds split, or for digits 'train' (all 1797), 'fit' (a fixed 80%) or
     # 'held_out' (the other 20%).
     config.data.split = "train"

@@ -20,7 +20,8 @@ Batch = dict[str, np.ndarray]
 DATASETS: dict[str, tuple[int, int, int, Callable[..., Iterator[Batch]]]] = {
     "digits": (digits.IMAGE_SIZE, 1, digits.NUM_CLASSES, digits.create_iterator),
     "cifar10": (32, 3, 10, tfds_source.create_cifar10_iterator),
-    # Any tfds dataset: images are centre-cropped and resized to data.image_size; no labels.
+    # Any tfds dataset: images are centre-cropped and resized to data.image_size; labels when
+    # data.label_key names a ClassLabel feature (data.num_classes classes).
     "tfds": (1, 0, 0, tfds_source.create_generic_iterator),
 }
 
@@ -41,6 +42,12 @@ class DataConfig:
     image_key: str = field("image", "Its image feature (centre-cropped and resized).")
     text_key: str = field(
         "", "Its text feature, embedded batch by batch; '/' reaches into nested features."
+    )
+    label_key: str = field(
+        "", "Its integer class-label feature, e.g. 'label' for imagenet2012 ('' = unlabelled)."
+    )
+    num_classes: int = field(
+        0, "With label_key: the number of classes (checked against the dataset's ClassLabel)."
     )
     split: str = field(
         "train",
@@ -70,7 +77,28 @@ class DataConfig:
                 self.image_key,
                 "must name the image feature.",
             )
+            if self.label_key:
+                require(
+                    self.num_classes >= 2,
+                    "data.num_classes",
+                    self.num_classes,
+                    f"must be >= 2 with data.label_key={self.label_key!r} (the dataset's classes).",
+                )
+            else:
+                require(
+                    self.num_classes == 0,
+                    "data.num_classes",
+                    self.num_classes,
+                    "is for labelled tfds data: set data.label_key too, or leave it 0.",
+                )
         else:
+            for name in ("label_key", "num_classes"):
+                require(
+                    not getattr(self, name),
+                    f"data.{name}",
+                    getattr(self, name),
+                    f"is for data.name='tfds'; {self.name} has its own labels.",
+                )
             require(
                 self.image_size >= native_size and self.image_size % native_size == 0,
                 "data.image_size",
@@ -97,9 +125,11 @@ class DataConfig:
         )
 
 
-def num_classes(name: str) -> int:
-    """Number of label classes of a dataset."""
-    return DATASETS[name][2]
+def num_classes(cfg: DataConfig) -> int:
+    """Number of label classes of the configured data (0: unlabelled)."""
+    if cfg.name == "tfds":
+        return cfg.num_classes if cfg.label_key else 0
+    return DATASETS[cfg.name][2]
 
 
 def require_data(cfg: DataConfig) -> None:

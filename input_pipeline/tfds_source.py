@@ -180,6 +180,8 @@ def generic_preprocess(cfg: Any):
         elif image.shape[-1] == 3 and cfg.channels == 1:
             image = tf.image.rgb_to_grayscale(image)
         out = {"image": tf.clip_by_value(image / 127.5 - 1.0, -1.0, 1.0)}
+        if cfg.label_key:
+            out["label"] = tf.cast(example[cfg.label_key], tf.int32)
         if cfg.text_key:
             text = example
             for part in cfg.text_key.split("/"):  # nested features: "captions/text"
@@ -188,6 +190,21 @@ def generic_preprocess(cfg: Any):
         return out
 
     return preprocess
+
+
+def check_labels(feature: Any, cfg: Any) -> None:
+    """ValueError unless `feature` is a ClassLabel of exactly `data.num_classes` classes."""
+    found = getattr(feature, "num_classes", None)
+    if found is None:
+        raise ValueError(
+            f"data.label_key={cfg.label_key!r} is a {type(feature).__name__} feature of "
+            f"{cfg.tfds_name}; class conditioning needs a ClassLabel."
+        )
+    if found != cfg.num_classes:
+        raise ValueError(
+            f"data.num_classes={cfg.num_classes} but {cfg.tfds_name}'s {cfg.label_key!r} has "
+            f"{found} classes; set data.num_classes={found}."
+        )
 
 
 def create_generic_iterator(
@@ -199,7 +216,8 @@ def create_generic_iterator(
     process_count: int,
     start_step: int = 0,
 ) -> Iterator[dict[str, np.ndarray]]:
-    """Endless batches {image, text?} of this process's share of `data.tfds_name`'s split."""
+    """Endless batches {image, label?, text?} of this process's share of `data.tfds_name`'s
+    split."""
     import tensorflow as tf  # noqa: PLC0415
     import tensorflow_datasets as tfds  # noqa: PLC0415
 
@@ -208,12 +226,15 @@ def create_generic_iterator(
     builder = tfds.builder(cfg.tfds_name, data_dir=data_dir)
     require_prepared(builder, cfg.tfds_name, data_dir)
     features = builder.info.features
-    for field, key in (("image_key", cfg.image_key), ("text_key", cfg.text_key)):
+    keys = (("image_key", cfg.image_key), ("text_key", cfg.text_key), ("label_key", cfg.label_key))
+    for field, key in keys:
         if key and key.split("/")[0] not in features:
             raise ValueError(
                 f"data.{field}={key!r} is not a feature of {cfg.tfds_name}; it has: "
                 f"{', '.join(features.keys())}"
             )
+    if cfg.label_key:
+        check_labels(features[cfg.label_key], cfg)
     ds, _ = process_stream(
         builder,
         cfg.split,

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
 def num_classes(data: DataConfig) -> int:
     """Label classes of the data set (0: unlabelled)."""
-    return pipeline.num_classes(data.name)
+    return pipeline.num_classes(data)
 
 
 def text_widths(

@@ -86,7 +86,7 @@ def build_experiment(
         run = RunConfig.from_configdict(config, len(devices), jax.process_count())
     mesh = sharding.make_mesh(run.mesh, devices)
     data, cond, sampler = run.data, run.conditioning, run.sampler
-    num_classes = pipeline.num_classes(data.name)
+    num_classes = pipeline.num_classes(data)
     encoder, caption_table = None, []
     if cond.kind == "text":
         if data.name in captions.CAPTIONS:  # else free text, embedded batch by batch

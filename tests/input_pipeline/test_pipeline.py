@@ -9,7 +9,13 @@ from input_pipeline import pipeline
 def test_shipped_configs_are_valid():
     for module in (digits_ddpm, cifar_ddpm):
         schema.build(pipeline.DataConfig, module.get_config().data, "data")
-    assert pipeline.num_classes("digits") == pipeline.num_classes("cifar10") == 10
+    digits = pipeline.DataConfig(name="digits")
+    cifar = pipeline.DataConfig(name="cifar10", channels=3, image_size=32)
+    assert pipeline.num_classes(digits) == pipeline.num_classes(cifar) == 10
+    labelled = dict(name="tfds", tfds_name="imagenet2012", channels=3, image_size=256)
+    assert pipeline.num_classes(pipeline.DataConfig(**labelled)) == 0
+    imagenet = pipeline.DataConfig(**labelled, label_key="label", num_classes=1000)
+    assert pipeline.num_classes(imagenet) == 1000
 
 
 @pytest.mark.parametrize(
@@ -19,6 +25,15 @@ def test_shipped_configs_are_valid():
         ({"image_size": 12}, r"data\.image_size=12 .*use 8 or a multiple"),
         ({"channels": 3}, r"data\.channels=3 does not match digits, which has 1"),
         ({"shuffle_buffer": 0}, r"data\.shuffle_buffer=0"),
+        ({"label_key": "label"}, r"data\.label_key='label' is for data.name='tfds'"),
+        (
+            {"name": "tfds", "tfds_name": "x", "label_key": "label"},
+            r"data\.num_classes=0 must be >= 2 with data.label_key='label'",
+        ),
+        (
+            {"name": "tfds", "tfds_name": "x", "num_classes": 10},
+            r"data\.num_classes=10 is for labelled tfds data",
+        ),
     ],
 )
 def test_bad_fields_are_named(changes, match):

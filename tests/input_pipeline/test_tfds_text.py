@@ -1,4 +1,5 @@
-"""A generic tfds dataset with an image and a text feature, built offline in a temp data_dir."""
+"""A generic tfds dataset with image, text and class-label features, built offline in a temp
+data_dir."""
 
 import itertools
 
@@ -12,7 +13,7 @@ CAPTIONS = ["a red square", "a blue field", "a green stripe", "a dark corner"]
 
 
 class TinyCaptioned(tfds.core.GeneratorBasedBuilder):
-    """12 non-square RGB images, each with a caption."""
+    """12 non-square RGB images, each with a caption and a class (i % 3)."""
 
     VERSION = tfds.core.Version("1.0.0")
 
@@ -22,6 +23,7 @@ class TinyCaptioned(tfds.core.GeneratorBasedBuilder):
                 {
                     "photo": tfds.features.Image(shape=(12, 16, 3)),
                     "caption": tfds.features.Text(),
+                    "kind": tfds.features.ClassLabel(num_classes=3),
                     "meta": {"alt": tfds.features.Sequence(tfds.features.Text())},
                 }
             )
@@ -35,7 +37,8 @@ class TinyCaptioned(tfds.core.GeneratorBasedBuilder):
         for i in range(12):
             image = rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)
             alt = [f"alt {CAPTIONS[i % 4]}", "second"]
-            yield i, {"photo": image, "caption": CAPTIONS[i % 4], "meta": {"alt": alt}}
+            example = {"photo": image, "caption": CAPTIONS[i % 4], "kind": i % 3}
+            yield i, {**example, "meta": {"alt": alt}}
 
 
 @pytest.fixture(scope="module")
@@ -93,6 +96,40 @@ def test_grayscale_output_and_two_processes_read_disjoint_halves(data_dir):
         assert batch["image"].shape == (6, 8, 8, 1)
         seen.append({tuple(np.round(img.ravel()[:8], 4)) for img in batch["image"]})
     assert not seen[0] & seen[1]
+
+
+def test_a_class_label_feature_labels_each_image(data_dir):
+    stream = create_train_iterator(
+        _config(data_dir, label_key="kind", num_classes=3),
+        per_process_batch_size=4,
+        seed=0,
+        process_index=0,
+        process_count=1,
+    )
+    batches = list(itertools.islice(stream, 3))  # all 12 examples (one epoch)
+    labels = np.concatenate([b["label"] for b in batches])
+    assert labels.dtype == np.int32 and sorted(labels.tolist()) == sorted([0, 1, 2] * 4)
+    # Each image keeps its own label: the caption (i % 4) and label (i % 3) pin i.
+    pairs = {
+        (text, int(label))
+        for b in batches
+        for text, label in zip(b["text"], b["label"], strict=True)
+    }
+    assert pairs == {(CAPTIONS[i % 4], i % 3) for i in range(12)}
+
+
+def _first_batch(config):
+    stream = create_train_iterator(
+        config, per_process_batch_size=2, seed=0, process_index=0, process_count=1
+    )
+    return next(stream)
+
+
+def test_label_features_that_are_not_the_configured_classes_are_named(data_dir):
+    with pytest.raises(ValueError, match=r"data\.num_classes=10 but .*'kind' has 3 .*=3"):
+        _first_batch(_config(data_dir, label_key="kind", num_classes=10))
+    with pytest.raises(ValueError, match=r"data\.label_key='caption' is a Text .*ClassLabel"):
+        _first_batch(_config(data_dir, label_key="caption", num_classes=3))
 
 
 def test_unknown_feature_and_missing_name_are_named(data_dir):

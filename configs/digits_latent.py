@@ -17,6 +17,8 @@ from configs import digits_text_unet
 def get_config() -> ml_collections.ConfigDict:
     """digits_text_unet on 8x8x4 latents of 16x16 digits."""
     config = digits_text_unet.get_config()
+    config.num_train_steps = 3000
+    config.sample_every_steps = 3000  # one grid at the end
     config.data.image_size = 16
     config.autoencoder.path = "runs/digits_vae/autoencoder"
     config.autoencoder.sample_posterior = True

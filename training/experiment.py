@@ -145,7 +145,12 @@ def load_text_encoder(encoder_cfg: TextEncoderConfig) -> Any:
 
     try:
         path = encoder_cfg.path or text_encoders.default_path(encoder_cfg.name)
-        return text_encoders.load_text_encoder(encoder_cfg.name, path, encoder_cfg.max_length)
+        return text_encoders.load_text_encoder(
+            encoder_cfg.name,
+            path,
+            encoder_cfg.max_length,
+            tokenizer_path=encoder_cfg.tokenizer_path or None,
+        )
     except (ValueError, OSError) as err:  # a checkpoint that does not match the config
         message = str(err)
         if "text_encoder." not in message:

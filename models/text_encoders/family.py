@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Protocol
 
 import jax
+import tokenizers
 from flax import nnx
 
 from models.text_encoders.tokenizer import SpecialTokens
@@ -45,6 +47,8 @@ class EncoderFamily:
     weight_rules: tuple[WeightRule, ...]  # HF tensor names -> our parameter paths
     ignored_weights: tuple[str, ...]  # regexes of checkpoint tensors the encoder does not use
     special_tokens: SpecialTokens
+    # Builds the tokenizer from vocab.json + merges.txt where tokenizer.json is absent (CLIP).
+    tokenizer_from_bpe_files: Callable[[Path], tokenizers.Tokenizer] | None = None
 
 
 def fields_from_hf(cls: type, hf: dict[str, Any], keys: dict[str, str]) -> Any:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ import numpy as np
 import tokenizers
 from tokenizers.processors import TemplateProcessing
 
+from models.text_encoders import clip_bpe
 from models.text_encoders.weights import TOKENIZER_FILE
 
 # Files of a Hugging Face tokenizer directory that may name the padding token.
@@ -42,6 +43,7 @@ class TextTokenizer:
         specials: SpecialTokens,
         *,
         config_pad_id: int | None = None,
+        from_bpe_files: Callable[[Path], tokenizers.Tokenizer] | None = None,
     ):
         directory = Path(directory)
         num_specials = 1 + (specials.bos is not None)
@@ -51,7 +53,7 @@ class TextTokenizer:
                 f"special tokens, got {max_length}."
             )
         self.max_length = max_length
-        self._tokenizer = tokenizers.Tokenizer.from_file(str(directory / TOKENIZER_FILE))
+        self._tokenizer = read_tokenizer(directory, from_bpe_files)
         self.pad_id, pad_token = _padding(directory, self._tokenizer, specials, config_pad_id)
         # tokenizer.json may carry its own padding / truncation settings: ours replace them.
         self._tokenizer.no_padding()
@@ -107,6 +109,24 @@ class TextTokenizer:
                 f"tokenizer.json's post-processor gives {probe} for 'a'; expected it to start "
                 f"with {specials.bos!r} {prefix} and end with {specials.eos!r} {suffix}."
             )
+
+
+def read_tokenizer(
+    directory: Path, from_bpe_files: Callable[[Path], tokenizers.Tokenizer] | None = None
+) -> tokenizers.Tokenizer:
+    """tokenizer.json, or (families that can) a tokenizer built from vocab.json + merges.txt."""
+    if (directory / TOKENIZER_FILE).is_file():
+        return tokenizers.Tokenizer.from_file(str(directory / TOKENIZER_FILE))
+    if from_bpe_files is not None and clip_bpe.has_bpe_files(directory):
+        return from_bpe_files(directory)
+    alternative = (
+        f" or {clip_bpe.VOCAB_FILE} + {clip_bpe.MERGES_FILE}" if from_bpe_files is not None else ""
+    )
+    found = sorted(p.name for p in directory.iterdir()) if directory.is_dir() else "nothing"
+    raise FileNotFoundError(
+        f"Tokenizer directory {str(directory)!r} has no {TOKENIZER_FILE}{alternative}; "
+        f"found {found}."
+    )
 
 
 def _padding(

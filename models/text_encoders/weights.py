@@ -34,8 +34,9 @@ EXPECTED_FILES = (
 _MAX_LISTED = 12  # names shown in an error before "... and N more"
 
 
-def check_checkpoint_dir(path: str | os.PathLike) -> Path:
-    """The checkpoint directory, after checking that the files we read are all there."""
+def check_checkpoint_dir(path: str | os.PathLike, *, with_tokenizer: bool = True) -> Path:
+    """The checkpoint directory, after checking that the files we read are all there
+    (`with_tokenizer=False`: the tokenizer lives elsewhere, as in a diffusers pipeline)."""
     directory = Path(path)
     if not directory.is_dir():
         raise FileNotFoundError(
@@ -43,7 +44,8 @@ def check_checkpoint_dir(path: str | os.PathLike) -> Path:
             f"directory); expected a Hugging Face directory with {EXPECTED_FILES}."
         )
     found = sorted(entry.name for entry in directory.iterdir())
-    missing = [name for name in (CONFIG_FILE, TOKENIZER_FILE) if name not in found]
+    wanted = (CONFIG_FILE, TOKENIZER_FILE) if with_tokenizer else (CONFIG_FILE,)
+    missing = [name for name in wanted if name not in found]
     if WEIGHTS_FILE not in found and WEIGHTS_INDEX_FILE not in found:
         missing.append(WEIGHTS_FILE)
     if missing:

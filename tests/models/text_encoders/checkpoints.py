@@ -8,6 +8,7 @@ every parameter perturbed, so biases and norm scales are not their trivial initi
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -127,6 +128,54 @@ def clip_checkpoint(
     torch.manual_seed(0)
     model = _perturb(transformers.CLIPTextModel(config), seed=1)
     return _save(model, tokenizer, directory), model
+
+
+def clip_bpe_files(directory: Path) -> Path:
+    """vocab.json + merges.txt of a byte-level BPE trained on CORPUS in CLIP's layout (every
+    byte character alone and with </w>, then the merges, then the two special tokens): what a
+    Stable Diffusion pipeline's tokenizer/ folder holds."""
+    from models.text_encoders import clip_bpe  # noqa: PLC0415
+
+    tokenizer = Tokenizer(models.BPE(end_of_word_suffix=clip_bpe.WORD_END))
+    tokenizer.normalizer = normalizers.Lowercase()
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        initial_alphabet=alphabet,
+        end_of_word_suffix=clip_bpe.WORD_END,
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(CORPUS, trainer)
+    model = json.loads(tokenizer.to_str())["model"]
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
+    vocab = [*alphabet, *(c + clip_bpe.WORD_END for c in alphabet)]
+    for merge in merges:
+        if merge.replace(" ", "") not in vocab:
+            vocab.append(merge.replace(" ", ""))
+    vocab += list(CLIP_SPECIALS)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / clip_bpe.VOCAB_FILE).write_text(json.dumps({t: i for i, t in enumerate(vocab)}))
+    (directory / clip_bpe.MERGES_FILE).write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+    return directory
+
+
+def clip_text_model(vocab_size: int, hidden_size: int = 32, seed: int = 1):
+    """A perturbed 2-layer CLIPTextModel whose special tokens are the last two ids (as in
+    clip_bpe_files' vocabulary)."""
+    config = transformers.CLIPTextConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=77,
+        bos_token_id=vocab_size - 2,
+        eos_token_id=vocab_size - 1,
+        pad_token_id=vocab_size - 1,
+    )
+    torch.manual_seed(0)
+    return _perturb(transformers.CLIPTextModel(config), seed=seed)
 
 
 def t5_checkpoint(directory: Path, *, feed_forward_proj: str) -> tuple[Path, torch.nn.Module]:

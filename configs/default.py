@@ -213,8 +213,24 @@ def unet_model() -> ml_collections.ConfigDict:
     model.num_res_blocks = 2  # ResBlocks per level on the way down.
     model.attention_resolutions = (4,)  # Feature-map sizes with self-attention.
     model.num_heads = 1  # Heads of each attention layer.
+    # Heads at each level, overriding num_heads (the mid block takes the last level's).
+    model.heads_per_level = ()
     model.dropout = 0.1  # Dropout inside ResBlocks (training only).
     model.num_groups = 32  # GroupNorm groups.
+    # GroupNorm eps of the ResBlocks, DDPM attention and output norm (Stable Diffusion: 1e-5; text-
+    # attention blocks keep 1e-6).
+    model.norm_eps = 1e-06
+    # Timestep features [cos | sin] instead of [sin | cos] (Stable Diffusion: True).
+    model.flip_sin_to_cos = False
+    # Timestep frequencies exp(-ln(1e4) i / (half - freq_shift)): 1 DDPM, 0 Stable Diffusion.
+    model.freq_shift = 1
+    # Zeros around each stride-2 conv: 0 pads bottom / right (TensorFlow 'SAME', DDPM), 1 every side
+    # (Stable Diffusion).
+    model.downsample_padding = 0
+    model.qkv_bias = True  # Biases on attention queries / keys / values (SD: False).
+    # Text-attention in / out projections as Linear layers; False: as 1x1 convs (the same map,
+    # stored as SD 1.x stores it).
+    model.use_linear_projection = True
     # 'bfloat16': the network computes in bf16; parameters, optimizer state, EMA, the noise
     # schedule, the loss and the samplers stay float32.
     model.dtype = "float32"

@@ -23,6 +23,15 @@ from safetensors.numpy import load_file, save_file
 from errors import ConfigError
 from models.autoencoder import AutoencoderConfig, build_autoencoder
 from models.functional import Params, flatten, functionalize, unflatten
+from models.torch_layout import (
+    LEAF_NAMES,
+    fits,
+    from_torch,
+    listed,
+    show_path,
+    to_torch,
+    torch_shape,
+)
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "diffusion_pytorch_model.safetensors"
@@ -30,8 +39,6 @@ EXPECTED_FILES = f"{CONFIG_FILE} and {WEIGHTS_FILE}"
 # Pre-0.14 attention names -> today's (diffusers' ModelMixin._fix_state_dict_keys_on_load).
 LEGACY_ATTENTION = {"query": "to_q", "key": "to_k", "value": "to_v", "proj_attn": "to_out.0"}
 _LEGACY_NAME = re.compile(r"(.*\.attentions\.\d+)\.(query|key|value|proj_attn)\.(weight|bias)")
-_LEAF_NAMES = {"kernel": "weight", "scale": "weight", "bias": "bias"}
-_MAX_LISTED = 12  # names shown in an error before "... and N more"
 
 ParamPath = tuple  # (key, key, ..., leaf name); list entries have int keys
 
@@ -81,18 +88,18 @@ def params_from_diffusers(tensors: dict[str, np.ndarray], config: AutoencoderCon
     unexpected = sorted(set(tensors) - set(expected))
     if missing or unexpected:
         raise ValueError(
-            f"Checkpoint tensors do not match the config. Missing: {_listed(missing)}. "
-            f"Unexpected: {_listed(unexpected)}."
+            f"Checkpoint tensors do not match the config. Missing: {listed(missing)}. "
+            f"Unexpected: {listed(unexpected)}."
         )
     wrong = [
-        f"{name} expected {_torch_shape(shape)} got {tuple(tensors[name].shape)}"
+        f"{name} expected {torch_shape(shape)} got {tuple(tensors[name].shape)}"
         for name, (path, shape) in expected.items()
-        if not _fits(tensors[name].shape, _torch_shape(shape))
+        if not fits(tensors[name].shape, torch_shape(shape))
     ]
     if wrong:
-        raise ValueError(f"Checkpoint tensors with the wrong shape: {_listed(wrong)}.")
+        raise ValueError(f"Checkpoint tensors with the wrong shape: {listed(wrong)}.")
     flat = {
-        path: jnp.asarray(_from_torch(tensors[name], len(shape)), jnp.float32)
+        path: jnp.asarray(from_torch(tensors[name], len(shape)), jnp.float32)
         for name, (path, shape) in expected.items()
     }
     return unflatten(flat)
@@ -103,22 +110,22 @@ def params_to_diffusers(params: Params, config: AutoencoderConfig) -> dict[str, 
     expected = expected_tensors(config)
     expected_paths = {path for path, _ in expected.values()}
     given = flatten(params)
-    unknown = sorted(_show(path) for path in given if path not in expected_paths)
-    absent = sorted(_show(path) for path in expected_paths if path not in given)
+    unknown = sorted(show_path(path) for path in given if path not in expected_paths)
+    absent = sorted(show_path(path) for path in expected_paths if path not in given)
     if unknown or absent:
         raise ValueError(
-            f"Params do not match the config. Missing: {_listed(absent)}. "
-            f"Unexpected: {_listed(unknown)}."
+            f"Params do not match the config. Missing: {listed(absent)}. "
+            f"Unexpected: {listed(unknown)}."
         )
     wrong = [
-        f"{_show(path)} expected {shape} got {tuple(given[path].shape)}"
+        f"{show_path(path)} expected {shape} got {tuple(given[path].shape)}"
         for path, shape in expected.values()
         if tuple(given[path].shape) != shape
     ]
     if wrong:
-        raise ValueError(f"Params with the wrong shape: {_listed(wrong)}.")
+        raise ValueError(f"Params with the wrong shape: {listed(wrong)}.")
     return {
-        name: np.ascontiguousarray(_to_torch(np.asarray(given[path], np.float32)))
+        name: np.ascontiguousarray(to_torch(np.asarray(given[path], np.float32)))
         for name, (path, _) in expected.items()
     }
 
@@ -127,38 +134,9 @@ def expected_tensors(config: AutoencoderConfig) -> dict[str, tuple[ParamPath, tu
     """diffusers tensor name -> (our parameter path, our shape) for `config`."""
     abstract = functionalize(build_autoencoder(config)).abstract_params
     return {
-        ".".join(str(key) for key in path[:-1]) + "." + _LEAF_NAMES[path[-1]]: (path, leaf.shape)
+        ".".join(str(key) for key in path[:-1]) + "." + LEAF_NAMES[path[-1]]: (path, leaf.shape)
         for path, leaf in flatten(abstract).items()
     }
-
-
-def _torch_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
-    """Our shape in torch's layout (see `_to_torch`)."""
-    if len(shape) == 4:
-        return (shape[3], shape[2], shape[0], shape[1])
-    return tuple(reversed(shape))
-
-
-def _to_torch(array: np.ndarray) -> np.ndarray:
-    """Conv kernel [kH, kW, I, O] -> [O, I, kH, kW]; linear [I, O] -> [O, I]; 1-D unchanged."""
-    if array.ndim == 4:
-        return array.transpose(3, 2, 0, 1)
-    return array.T if array.ndim == 2 else array
-
-
-def _from_torch(array: np.ndarray, torch_ndim: int) -> np.ndarray:
-    """Inverse of `_to_torch`; a linear weight stored as a 1x1 conv [O, I, 1, 1] is reshaped."""
-    if torch_ndim == 2 and array.ndim == 4:
-        array = array.reshape(array.shape[:2])
-    if array.ndim == 4:
-        return array.transpose(2, 3, 1, 0)
-    return array.T if array.ndim == 2 else array
-
-
-def _fits(shape: tuple[int, ...], torch_shape: tuple[int, ...]) -> bool:
-    """The expected shape, or a linear weight [O, I] stored as [O, I, 1, 1]."""
-    shape = tuple(shape)
-    return shape == torch_shape or (len(torch_shape) == 2 and shape == (*torch_shape, 1, 1))
 
 
 def _rename_legacy(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -174,7 +152,7 @@ def _rename_legacy(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
             renamed[name] = array
     both = sorted(f"{old} and {new}" for new, (old, _) in legacy.items() if new in renamed)
     if both:
-        raise ValueError(f"Checkpoint has old and new names for one tensor: {_listed(both)}.")
+        raise ValueError(f"Checkpoint has old and new names for one tensor: {listed(both)}.")
     renamed.update({new: array for new, (_, array) in legacy.items()})
     return renamed
 
@@ -199,14 +177,3 @@ def _check_directory(directory: Path) -> Path:
             f"expected {EXPECTED_FILES}; found {found}.{hint}"
         )
     return directory
-
-
-def _show(path: ParamPath) -> str:
-    return "/".join(str(key) for key in path)
-
-
-def _listed(names: list[str]) -> str:
-    if not names:
-        return "none"
-    more = f" ... and {len(names) - _MAX_LISTED} more" if len(names) > _MAX_LISTED else ""
-    return ", ".join(names[:_MAX_LISTED]) + more

@@ -30,6 +30,7 @@ DENSE_AXES = ("embed", "mlp")
 # "cudnn" (fused flash attention) needs a GPU and bf16 / fp16 inputs.
 ATTENTION_IMPLS = (None, "xla", "cudnn")
 COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}  # model.dtype
+DOWNSAMPLE_PADDINGS = (0, 1)  # zeros on each side of a stride-2 conv: see Downsample
 
 
 def partitioned(init, names: tuple[str | None, ...]):
@@ -37,19 +38,33 @@ def partitioned(init, names: tuple[str | None, ...]):
     return nnx.with_partitioning(init, names, eager_sharding=False)
 
 
-def timestep_embedding(t: jax.Array, dim: int, max_period: float = 10_000.0) -> jax.Array:
+def timestep_embedding(
+    t: jax.Array,
+    dim: int,
+    max_period: float = 10_000.0,
+    *,
+    flip_sin_to_cos: bool = False,
+    freq_shift: int = 1,
+) -> jax.Array:
     """Sinusoidal embedding [B, dim] of integer or fractional timesteps t [B].
 
     Transformer position encoding as used by Ho et al. 2020 (their `get_timestep_embedding`):
-    frequencies exp(-ln(max_period) * i / (half - 1)), i = 0..half-1, output [sin | cos] (sines
-    first; diffusers' `flip_sin_to_cos=True` puts cosines first). Odd `dim` is zero-padded.
+    frequencies exp(-ln(max_period) * i / (half - freq_shift)), i = 0..half-1, output
+    [sin | cos], or [cos | sin] with `flip_sin_to_cos`. The defaults are Ho et al.'s; Stable
+    Diffusion's U-Nets use flip_sin_to_cos=True, freq_shift=0 (diffusers' names, from its
+    `Timesteps`). Odd `dim` is zero-padded.
     """
-    if dim < 4:
-        raise ValueError(f"timestep_embedding needs dim >= 4 (two frequencies), got dim={dim}.")
+    if dim // 2 - freq_shift < 1:
+        raise ValueError(
+            f"timestep_embedding needs dim >= {2 * freq_shift + 2} (freq_shift={freq_shift}), "
+            f"got dim={dim}."
+        )
     half = dim // 2
-    freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / (half - 1))
+    exponents = -math.log(max_period) * jnp.arange(half, dtype=jnp.float32)
+    freqs = jnp.exp(exponents / (half - freq_shift))
     angles = t.astype(jnp.float32)[:, None] * freqs[None, :]
-    embedding = jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=-1)
+    sines, cosines = jnp.sin(angles), jnp.cos(angles)
+    embedding = jnp.concatenate([cosines, sines] if flip_sin_to_cos else [sines, cosines], -1)
     if dim % 2:
         embedding = jnp.pad(embedding, ((0, 0), (0, 1)))
     return embedding
@@ -71,18 +86,20 @@ def conv(
     *,
     kernel: int = 3,
     stride: int = 1,
+    padding: str | tuple[tuple[int, int], tuple[int, int]] = "SAME",
     zero_init: bool = False,
     dtype=jnp.float32,
     impl: str = "xla",
     rngs: nnx.Rngs,
 ) -> nnx.Conv:
-    """A square conv with 'SAME' padding and named kernel/bias axes; `impl` is a CONV_IMPLS key."""
+    """A square conv with named kernel/bias axes; `impl` is a CONV_IMPLS key, `padding` is
+    'SAME' (TensorFlow's) or ((top, bottom), (left, right))."""
     return nnx.Conv(
         in_channels,
         out_channels,
         kernel_size=(kernel, kernel),
         strides=(stride, stride),
-        padding="SAME",
+        padding=padding,
         kernel_init=partitioned(zeros if zero_init else default_kernel_init, CONV_AXES),
         bias_init=partitioned(zeros, ("conv_out",)),
         dtype=dtype,
@@ -97,6 +114,7 @@ def dense(
     *,
     axes: tuple[str, str] = DENSE_AXES,
     zero_init: bool = False,
+    use_bias: bool = True,
     dtype=jnp.float32,
     rngs: nnx.Rngs,
 ) -> nnx.Linear:
@@ -104,6 +122,7 @@ def dense(
     return nnx.Linear(
         in_features,
         out_features,
+        use_bias=use_bias,
         kernel_init=partitioned(zeros if zero_init else default_kernel_init, axes),
         bias_init=partitioned(zeros, (axes[1],)),
         dtype=dtype,
@@ -111,12 +130,14 @@ def dense(
     )
 
 
-def group_norm(channels: int, num_groups: int, *, dtype=jnp.float32, rngs: nnx.Rngs):
-    """GroupNorm with eps 1e-6 (as in Ho et al.'s TensorFlow code)."""
+def group_norm(
+    channels: int, num_groups: int, *, eps: float = 1e-6, dtype=jnp.float32, rngs: nnx.Rngs
+):
+    """GroupNorm; eps 1e-6 is Ho et al.'s (TensorFlow code), Stable Diffusion's resnets use 1e-5."""
     return nnx.GroupNorm(
         channels,
         num_groups=num_groups,
-        epsilon=1e-6,
+        epsilon=eps,
         scale_init=partitioned(ones, ("norm",)),
         bias_init=partitioned(zeros, ("norm",)),
         dtype=dtype,
@@ -127,13 +148,25 @@ def group_norm(channels: int, num_groups: int, *, dtype=jnp.float32, rngs: nnx.R
 class TimestepMLP(nnx.Module):
     """Sinusoidal features of t followed by Linear-SiLU-Linear (Ho et al. 2020)."""
 
-    def __init__(self, base_channels: int, embed_dim: int, *, dtype=jnp.float32, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        base_channels: int,
+        embed_dim: int,
+        *,
+        flip_sin_to_cos: bool = False,
+        freq_shift: int = 1,
+        dtype=jnp.float32,
+        rngs: nnx.Rngs,
+    ):
         self.base_channels = base_channels
+        self.flip_sin_to_cos, self.freq_shift = flip_sin_to_cos, freq_shift
         self.dense_in = dense(base_channels, embed_dim, dtype=dtype, rngs=rngs)
         self.dense_out = dense(embed_dim, embed_dim, dtype=dtype, rngs=rngs)
 
     def __call__(self, t: jax.Array) -> jax.Array:
-        h = timestep_embedding(t, self.base_channels)
+        h = timestep_embedding(
+            t, self.base_channels, flip_sin_to_cos=self.flip_sin_to_cos, freq_shift=self.freq_shift
+        )
         return self.dense_out(nnx.silu(self.dense_in(h)))
 
 
@@ -148,15 +181,17 @@ class ResBlock(nnx.Module):
         *,
         num_groups: int,
         dropout: float,
+        norm_eps: float = 1e-6,
         dtype=jnp.float32,
         conv_impl: str = "xla",
         rngs: nnx.Rngs,
     ):
         convs = dict(dtype=dtype, impl=conv_impl, rngs=rngs)
-        self.norm1 = group_norm(in_channels, num_groups, dtype=dtype, rngs=rngs)
+        norms = dict(eps=norm_eps, dtype=dtype, rngs=rngs)
+        self.norm1 = group_norm(in_channels, num_groups, **norms)
         self.conv1 = conv(in_channels, out_channels, **convs)
         self.embed_proj = dense(embed_dim, out_channels, dtype=dtype, rngs=rngs)
-        self.norm2 = group_norm(out_channels, num_groups, dtype=dtype, rngs=rngs)
+        self.norm2 = group_norm(out_channels, num_groups, **norms)
         self.dropout = nnx.Dropout(dropout, rngs=rngs)
         # Zero-initialised last conv, so each block starts as the identity: Ho et al.'s code
         # (`init_scale=0.`) and Dhariwal & Nichol 2021 (`zero_module`) both do this.
@@ -184,14 +219,16 @@ class AttentionBlock(nnx.Module):
         *,
         num_heads: int,
         num_groups: int,
+        norm_eps: float = 1e-6,
+        qkv_bias: bool = True,
         dtype=jnp.float32,
         attention_impl: str | None = None,
         rngs: nnx.Rngs,
     ):
         self.num_heads = num_heads
         self.attention_impl = attention_impl
-        self.norm = group_norm(channels, num_groups, dtype=dtype, rngs=rngs)
-        qkv = dict(axes=("embed", "heads"), dtype=dtype, rngs=rngs)
+        self.norm = group_norm(channels, num_groups, eps=norm_eps, dtype=dtype, rngs=rngs)
+        qkv = dict(axes=("embed", "heads"), use_bias=qkv_bias, dtype=dtype, rngs=rngs)
         self.query = dense(channels, channels, **qkv)
         self.key = dense(channels, channels, **qkv)
         self.value = dense(channels, channels, **qkv)
@@ -235,15 +272,17 @@ class MultiHeadAttention(nnx.Module):
         *,
         num_heads: int,
         zero_init_out: bool = False,
+        qkv_bias: bool = True,
         dtype=jnp.float32,
         attention_impl: str | None = None,
         rngs: nnx.Rngs,
     ):
         self.num_heads = num_heads
         self.attention_impl = attention_impl
-        self.query = dense(channels, channels, axes=("embed", "heads"), dtype=dtype, rngs=rngs)
-        self.key = dense(source_dim, channels, axes=("embed", "heads"), dtype=dtype, rngs=rngs)
-        self.value = dense(source_dim, channels, axes=("embed", "heads"), dtype=dtype, rngs=rngs)
+        qkv = dict(axes=("embed", "heads"), use_bias=qkv_bias, dtype=dtype, rngs=rngs)
+        self.query = dense(channels, channels, **qkv)
+        self.key = dense(source_dim, channels, **qkv)
+        self.value = dense(source_dim, channels, **qkv)
         self.out = dense(
             channels,
             channels,
@@ -288,6 +327,9 @@ class SpatialTransformer(nnx.Module):
     self-attention, LayerNorm + cross-attention to `context` [B, L, context_dim] with
     `context_mask` [B, L] True on real tokens, LayerNorm + GEGLU feed-forward, each residual);
     a zero-initialised projection back plus the outer residual make it the identity at init.
+    With `qkv_bias=False` this is diffusers' `Transformer2DModel` (one `BasicTransformerBlock`);
+    `linear_projection=False` makes the projections 1x1 convs, the same map stored as SD 1.x
+    stores it (diffusers' `use_linear_projection`).
     """
 
     def __init__(
@@ -297,21 +339,28 @@ class SpatialTransformer(nnx.Module):
         *,
         num_heads: int,
         num_groups: int,
+        qkv_bias: bool = True,
+        linear_projection: bool = True,
         dtype=jnp.float32,
         attention_impl: str | None = None,
+        conv_impl: str = "xla",
         rngs: nnx.Rngs,
     ):
         common = dict(dtype=dtype, rngs=rngs)
-        heads = dict(num_heads=num_heads, attention_impl=attention_impl, **common)
+        heads = dict(num_heads=num_heads, qkv_bias=qkv_bias, attention_impl=attention_impl)
+        heads.update(common)
+        projection = dict(linear=linear_projection, conv_impl=conv_impl, **common)
+        self.linear_projection = linear_projection
         self.norm = group_norm(channels, num_groups, **common)
-        self.proj_in = dense(channels, channels, axes=("embed", "mlp"), **common)
+        self.proj_in = _projection(channels, ("embed", "mlp"), **projection)
         self.norm_self = layer_norm(channels, **common)
         self.self_attention = MultiHeadAttention(channels, channels, **heads)
         self.norm_cross = layer_norm(channels, **common)
         self.cross_attention = MultiHeadAttention(channels, context_dim, **heads)
         self.norm_ff = layer_norm(channels, **common)
         self.feed_forward = GEGLU(channels, **common)
-        self.proj_out = dense(channels, channels, axes=("mlp", "embed"), zero_init=True, **common)
+        # Created last (parameters draw from the rng stream in creation order).
+        self.proj_out = _projection(channels, ("mlp", "embed"), zero_init=True, **projection)
 
     def __call__(
         self,
@@ -321,14 +370,38 @@ class SpatialTransformer(nnx.Module):
     ) -> jax.Array:
         """Without `context` the cross-attention sublayer is skipped (an unconditional call)."""
         batch, height, width, channels = x.shape
+        tokens = lambda a: a.reshape(batch, height * width, channels)  # noqa: E731
         stream = lambda a: constrain(a, ("batch", "length", "embed"))  # noqa: E731
-        h = stream(self.proj_in(self.norm(x).reshape(batch, height * width, channels)))
+        if self.linear_projection:
+            h = stream(self.proj_in(tokens(self.norm(x))))
+        else:
+            h = stream(tokens(self.proj_in(self.norm(x))))
         h = stream(h + self.self_attention(self.norm_self(h)))
         if context is not None:
             mask = None if context_mask is None else context_mask[:, None, None, :].astype(bool)
             h = stream(h + self.cross_attention(self.norm_cross(h), context.astype(h.dtype), mask))
         h = stream(h + self.feed_forward(self.norm_ff(h)))
-        return x + self.proj_out(h).reshape(x.shape)
+        if self.linear_projection:
+            return x + self.proj_out(h).reshape(x.shape)
+        return x + self.proj_out(h.reshape(x.shape))
+
+
+def _projection(
+    channels: int,
+    axes: tuple[str, str],
+    *,
+    linear: bool,
+    zero_init: bool = False,
+    conv_impl: str,
+    dtype,
+    rngs: nnx.Rngs,
+) -> nnx.Module:
+    """A channels -> channels map: a Linear layer (on tokens) or a 1x1 conv (on the map)."""
+    if linear:
+        return dense(channels, channels, axes=axes, zero_init=zero_init, dtype=dtype, rngs=rngs)
+    return conv(
+        channels, channels, kernel=1, zero_init=zero_init, dtype=dtype, impl=conv_impl, rngs=rngs
+    )
 
 
 def attention(
@@ -358,10 +431,28 @@ def attention(
 
 
 class Downsample(nnx.Module):
-    """3x3 conv with stride 2 (TensorFlow 'SAME' padding, as Ho et al.)."""
+    """3x3 conv with stride 2 on an even-sized map.
 
-    def __init__(self, channels: int, *, dtype=jnp.float32, conv_impl="xla", rngs: nnx.Rngs):
-        self.conv = conv(channels, channels, stride=2, dtype=dtype, impl=conv_impl, rngs=rngs)
+    `padding=0` pads one zero row / column at the bottom / right (TensorFlow 'SAME', as Ho et
+    al.), `padding=1` one on every side (diffusers' `downsample_padding=1`, Stable Diffusion):
+    output pixel i then sees input rows 2i-1..2i+1 instead of 2i..2i+2.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        *,
+        padding: int = 0,
+        dtype=jnp.float32,
+        conv_impl="xla",
+        rngs: nnx.Rngs,
+    ):
+        if padding not in DOWNSAMPLE_PADDINGS:
+            raise ValueError(f"Downsample padding={padding} is not one of {DOWNSAMPLE_PADDINGS}.")
+        pads = "SAME" if padding == 0 else ((padding, padding), (padding, padding))
+        self.conv = conv(
+            channels, channels, stride=2, padding=pads, dtype=dtype, impl=conv_impl, rngs=rngs
+        )
 
     def __call__(self, x: jax.Array) -> jax.Array:
         return self.conv(x)

@@ -1,109 +1,16 @@
-"""The DDPM / ADM-style U-Net (Ho et al. 2020, appendix B; Dhariwal & Nichol 2021)."""
+"""The DDPM / ADM-style U-Net (Ho et al. 2020, appendix B; Dhariwal & Nichol 2021), which with
+text cross-attention and the options of `UNetConfig` (`models/unet_config.py`) is also Stable
+Diffusion's U-Net (Rombach et al. 2022; diffusers' `UNet2DConditionModel`, whose weights
+`models/unet_weights.py` reads and writes)."""
 
 from __future__ import annotations
-
-import dataclasses
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from errors import ConfigError
 from models import layers
-from schema import field
-
-DTYPES = layers.COMPUTE_DTYPES
-
-
-@dataclasses.dataclass(frozen=True)
-class UNetConfig:
-    """Typed view of `config.model` plus the data shape and optional conditioning."""
-
-    image_size: int = 32  # set from data.image_size
-    in_channels: int = 3  # set from data.channels
-    out_channels: int = 3
-    base_channels: int = field(128, "Channels at the highest resolution.")
-    channel_mult: tuple[int, ...] = field(
-        (1, 2, 2, 2), "Per-level channel multipliers; each level after the first halves."
-    )
-    num_res_blocks: int = field(2, "ResBlocks per level on the way down.")
-    attention_resolutions: tuple[int, ...] = field((4,), "Feature-map sizes with self-attention.")
-    num_heads: int = field(1, "Heads of each attention layer.")
-    dropout: float = field(0.1, "Dropout inside ResBlocks (training only).")
-    num_groups: int = field(32, "GroupNorm groups.")
-    num_classes: int | None = None  # class-conditional when set; index num_classes = "no class"
-    context_dim: int | None = None  # cross-attention to text tokens when set
-    pooled_dim: int | None = None  # a pooled text embedding added to the timestep embedding
-    dtype: str = field(
-        "float32",
-        "'bfloat16': the network computes in bf16; parameters, optimizer state, EMA, the noise "
-        "schedule, the loss and the samplers stay float32.",
-    )
-    remat: bool = field(False, "Recompute each block's activations in the backward pass.")
-    attention_impl: str | None = field(
-        None,
-        "Attention kernel: None lets JAX choose, 'xla', or 'cudnn' (fused flash attention: GPU "
-        "only, model.dtype 'bfloat16').",
-    )
-    conv_impl: str = field(
-        "xla",
-        "'xla': lax convolutions. 'dots': 1x1 convs and the 3x3 kernel gradients at >= 32x32 as "
-        "matmuls (models/conv.py), faster on CPU; keep 'xla' on GPU / TPU.",
-    )
-
-    @property
-    def resolutions(self) -> tuple[int, ...]:
-        """Feature-map size at each level."""
-        return tuple(self.image_size // 2**level for level in range(len(self.channel_mult)))
-
-    def validate(self) -> None:
-        """Raises ConfigError naming the bad field before anything is built or compiled."""
-        levels = len(self.channel_mult)
-        if levels < 1 or any(m < 1 for m in self.channel_mult):
-            raise ConfigError(
-                f"model.channel_mult={self.channel_mult} needs >= 1 positive entries."
-            )
-        halvings = levels - 1
-        if self.image_size < 1 or self.image_size % 2**halvings:
-            raise ConfigError(
-                f"data.image_size={self.image_size} cannot be halved {halvings} times "
-                f"(model.channel_mult={self.channel_mult} has {levels} levels); use a multiple "
-                f"of {2**halvings} or fewer levels."
-            )
-        if self.base_channels < 4:
-            raise ConfigError(
-                f"model.base_channels={self.base_channels} must be >= 4 (the timestep embedding "
-                "needs two sine/cosine frequencies)."
-            )
-        if self.num_res_blocks < 1:
-            raise ConfigError(f"model.num_res_blocks={self.num_res_blocks} must be >= 1.")
-        for name in ("num_groups", "num_heads"):  # divisors below
-            if getattr(self, name) < 1:
-                raise ConfigError(f"model.{name}={getattr(self, name)} must be >= 1.")
-        for mult in self.channel_mult:
-            channels = self.base_channels * mult
-            if channels % self.num_groups:
-                raise ConfigError(
-                    f"model.num_groups={self.num_groups} must divide every level's channels; "
-                    f"model.base_channels * mult = {channels} is not divisible."
-                )
-            if channels % self.num_heads:
-                raise ConfigError(
-                    f"model.num_heads={self.num_heads} must divide every level's channels "
-                    f"({channels})."
-                )
-        missing = [r for r in self.attention_resolutions if r not in self.resolutions]
-        if missing:
-            raise ConfigError(
-                f"model.attention_resolutions={self.attention_resolutions}: {missing} never "
-                f"occur; the feature-map sizes are {self.resolutions} "
-                f"(data.image_size={self.image_size}, halved per model.channel_mult level)."
-            )
-        layers.validate_shared_fields(self)
-        if self.conv_impl not in layers.CONV_IMPLS:
-            raise ConfigError(
-                f"model.conv_impl={self.conv_impl!r} is not one of {sorted(layers.CONV_IMPLS)}."
-            )
+from models.unet_config import DTYPES, UNetConfig
 
 
 class UNet(nnx.Module):
@@ -115,22 +22,44 @@ class UNet(nnx.Module):
         dtype = DTYPES[config.dtype]
         base, embed_dim = config.base_channels, 4 * config.base_channels
         convs = dict(dtype=dtype, conv_impl=config.conv_impl, rngs=rngs)
-        block = dict(num_groups=config.num_groups, dropout=config.dropout, **convs)
-        attn = dict(
-            num_heads=config.num_heads,
+        block = dict(
             num_groups=config.num_groups,
+            dropout=config.dropout,
+            norm_eps=config.norm_eps,
+            **convs,
+        )
+        attn = dict(
+            num_groups=config.num_groups,
+            qkv_bias=config.qkv_bias,
             dtype=dtype,
             attention_impl=config.attention_impl,
             rngs=rngs,
         )
 
-        def attention_block(channels: int) -> nnx.Module:
+        def attention_block(channels: int, level: int) -> nnx.Module:
             # Text-conditioned U-Nets use Stable Diffusion's transformer blocks; others DDPM's.
+            heads = config.heads(level)
             if config.context_dim is None:
-                return layers.AttentionBlock(channels, **attn)
-            return layers.SpatialTransformer(channels, config.context_dim, **attn)
+                return layers.AttentionBlock(
+                    channels, num_heads=heads, norm_eps=config.norm_eps, **attn
+                )
+            return layers.SpatialTransformer(
+                channels,
+                config.context_dim,
+                num_heads=heads,
+                linear_projection=config.use_linear_projection,
+                conv_impl=config.conv_impl,
+                **attn,
+            )
 
-        self.time_embed = layers.TimestepMLP(base, embed_dim, dtype=dtype, rngs=rngs)
+        self.time_embed = layers.TimestepMLP(
+            base,
+            embed_dim,
+            flip_sin_to_cos=config.flip_sin_to_cos,
+            freq_shift=config.freq_shift,
+            dtype=dtype,
+            rngs=rngs,
+        )
         self.class_embed = (
             nnx.Embed(
                 config.num_classes + 1,
@@ -163,14 +92,16 @@ class UNet(nnx.Module):
             for _ in range(config.num_res_blocks):
                 self.down_blocks.append(layers.ResBlock(channels, base * mult, embed_dim, **block))
                 channels = base * mult
-                self.down_attn.append(attention_block(channels) if use_attn else None)
+                self.down_attn.append(attention_block(channels, level) if use_attn else None)
                 skip_channels.append(channels)
             if level < len(config.channel_mult) - 1:
-                self.downsamplers.append(layers.Downsample(channels, **convs))
+                self.downsamplers.append(
+                    layers.Downsample(channels, padding=config.downsample_padding, **convs)
+                )
                 skip_channels.append(channels)
 
         self.mid_block1 = layers.ResBlock(channels, channels, embed_dim, **block)
-        self.mid_attn = attention_block(channels)
+        self.mid_attn = attention_block(channels, len(config.channel_mult) - 1)
         self.mid_block2 = layers.ResBlock(channels, channels, embed_dim, **block)
 
         # Up path: num_res_blocks + 1 blocks per level, each eating one skip connection.
@@ -184,11 +115,13 @@ class UNet(nnx.Module):
                 skip = skip_channels.pop()
                 self.up_blocks.append(layers.ResBlock(channels + skip, out, embed_dim, **block))
                 channels = out
-                self.up_attn.append(attention_block(channels) if use_attn else None)
+                self.up_attn.append(attention_block(channels, level) if use_attn else None)
             if level > 0:
                 self.upsamplers.append(layers.Upsample(channels, **convs))
 
-        self.norm_out = layers.group_norm(channels, config.num_groups, dtype=dtype, rngs=rngs)
+        self.norm_out = layers.group_norm(
+            channels, config.num_groups, eps=config.norm_eps, dtype=dtype, rngs=rngs
+        )
         self.conv_out = layers.conv(
             channels,
             config.out_channels,

@@ -103,3 +103,53 @@ def test_spatial_transformer_is_the_identity_at_init_and_reads_its_context():
     assert not np.allclose(with_context, x)
     assert not np.allclose(with_context, block(x, 2.0 * context))
     assert not np.allclose(with_context, block(x))  # no context: cross-attention skipped
+
+
+@pytest.mark.parametrize("flip_sin_to_cos, freq_shift", [(True, 0), (False, 0), (True, 1)])
+def test_timestep_embedding_flavours_match_the_formula(flip_sin_to_cos, freq_shift):
+    """diffusers' `Timesteps(dim, flip_sin_to_cos, downscale_freq_shift)`, written out."""
+    t = np.array([0.0, 1.0, 17.0, 999.0])
+    dim, half = 8, 4
+    emb = layers.timestep_embedding(
+        jnp.asarray(t), dim, flip_sin_to_cos=flip_sin_to_cos, freq_shift=freq_shift
+    )
+    angles = t[:, None] * np.exp(-math.log(10_000) * np.arange(half) / (half - freq_shift))
+    waves = (
+        [np.cos(angles), np.sin(angles)] if flip_sin_to_cos else [np.sin(angles), np.cos(angles)]
+    )
+    np.testing.assert_allclose(emb, np.concatenate(waves, axis=-1), atol=1e-4)
+    assert layers.timestep_embedding(jnp.asarray(t), 2, freq_shift=0).shape == (4, 2)
+
+
+@pytest.mark.parametrize("padding, pads", [(0, ((0, 1), (0, 1))), (1, ((1, 1), (1, 1)))])
+def test_downsample_padding_pads_where_it_says(padding, pads):
+    """0: one zero row / column at the bottom / right (TensorFlow 'SAME'); 1: on every side."""
+    block = layers.Downsample(4, padding=padding, rngs=nnx.Rngs(0))
+    x = jax.random.normal(jax.random.key(0), (1, 8, 8, 4))
+    expected = jax.lax.conv_general_dilated(
+        jnp.pad(x, ((0, 0), *pads, (0, 0))),
+        block.conv.kernel[...],
+        (2, 2),
+        "VALID",
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    )
+    np.testing.assert_allclose(block(x), expected + block.conv.bias[...], rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="padding=2"):
+        layers.Downsample(4, padding=2, rngs=nnx.Rngs(0))
+
+
+def test_spatial_transformer_conv_projections_are_the_linear_ones_reshaped():
+    common = dict(num_heads=2, num_groups=4, qkv_bias=False)
+    linear = layers.SpatialTransformer(8, 6, **common, rngs=nnx.Rngs(0))
+    conv = layers.SpatialTransformer(8, 6, linear_projection=False, **common, rngs=nnx.Rngs(0))
+    assert linear.self_attention.query.bias is None  # qkv_bias=False
+    params = nnx.to_pure_dict(nnx.state(linear, nnx.Param))
+    params["proj_out"]["kernel"] = jax.random.normal(jax.random.key(3), (8, 8))  # not zero
+    nnx.update(linear, params)
+    for name in ("proj_in", "proj_out"):
+        params[name]["kernel"] = params[name]["kernel"][None, None]  # [1, 1, I, O]
+    nnx.update(conv, params)
+    x = jax.random.normal(jax.random.key(0), (2, 4, 4, 8))
+    context = jax.random.normal(jax.random.key(1), (2, 3, 6))
+    np.testing.assert_allclose(conv(x, context), linear(x, context), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(linear(x, context), x)

@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 from models.functional import FunctionalModel, count_params, functionalize, init_params
 from models.unet import UNet, UNetConfig
@@ -199,6 +200,17 @@ def test_pooled_text_embedding_conditions_the_output():
             {"attention_impl": "flash"},
             r"model\.attention_impl='flash' is not known; allowed: None, 'xla', 'cudnn'",
         ),
+        (
+            {"heads_per_level": (1, 2)},
+            r"model\.heads_per_level=\(1, 2\) needs one positive entry per level \(4\)",
+        ),
+        (
+            {"heads_per_level": (1, 2, 3, 4)},
+            r"model\.heads_per_level\[2\]=3 must divide every level's channels \(256\)",
+        ),
+        ({"norm_eps": 0.0}, r"model\.norm_eps=0\.0 must be > 0"),
+        ({"freq_shift": 2}, r"model\.freq_shift=2 is not known; allowed: 0, 1"),
+        ({"downsample_padding": 2}, r"model\.downsample_padding=2 is not known; allowed: 0, 1"),
     ],
 )
 def test_invalid_configs_are_explained(changes, match):
@@ -250,3 +262,29 @@ def test_remat_gives_the_same_output_and_gradients():
         return len(re.findall(r"\b(?:remat\d*|checkpoint)\[", str(forward)))
 
     assert (checkpoints(remat), checkpoints(plain)) == (12, 0)
+
+
+def test_sd_options_reach_the_layers():
+    """norm_eps: ResBlocks and the output norm (text-attention GroupNorm keeps 1e-6); heads per
+    level; bias-free q / k / v; 1x1-conv projections; timestep features; Downsample padding."""
+    config = _tiny(
+        context_dim=12,
+        norm_eps=1e-5,
+        heads_per_level=(4, 2),
+        qkv_bias=False,
+        use_linear_projection=False,
+        flip_sin_to_cos=True,
+        freq_shift=0,
+        downsample_padding=1,
+    )
+    unet = UNet(config, rngs=nnx.Rngs(0))
+    assert unet.down_blocks[0].norm1.epsilon == unet.norm_out.epsilon == 1e-5
+    assert unet.down_attn[1].norm.epsilon == 1e-6
+    assert (
+        unet.down_attn[1].self_attention.num_heads == unet.mid_attn.cross_attention.num_heads == 2
+    )
+    assert unet.up_attn[0].self_attention.num_heads == 2  # the up path starts at the last level
+    assert unet.up_attn[0].self_attention.query.bias is None
+    assert unet.mid_attn.proj_in.kernel[...].shape == (1, 1, 32, 32)
+    assert (unet.time_embed.flip_sin_to_cos, unet.time_embed.freq_shift) == (True, 0)
+    assert unet.downsamplers[0].conv.padding == ((1, 1), (1, 1))

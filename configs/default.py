@@ -133,6 +133,13 @@ def get_config() -> ml_collections.ConfigDict:
     config.sampler.max_steps = 0
     # linspace | leading | trailing | karras (Lin et al. 2024); VP models only.
     config.sampler.spacing = "trailing"
+    # Added to every 'leading' timestep, as diffusers' steps_offset (Stable Diffusion's scheduler
+    # configs use 1); other spacings ignore it.
+    config.sampler.steps_offset = 0
+    # ddim: the last step lands on alpha_bar = 1 (a clean sample); False lands on the schedule's
+    # alpha_bar at t = 0, as diffusers' DDIM with set_alpha_to_one=False (Stable Diffusion's
+    # configs). Other samplers always end at sigma = 0, as diffusers' do.
+    config.sampler.set_alpha_to_one = True
     config.sampler.eta = 0.0  # DDIM stochasticity: 0 is deterministic, 1 matches DDPM's variance.
     config.sampler.num_samples = 64  # Images per grid / --mode=sample run (per prompt if any).
     config.sampler.thresholding = "static"  # none | static (clip x0 to [-1, 1]) | dynamic (Imagen).

@@ -2,8 +2,9 @@
 
 Sigmas are noise-to-signal ratios sigma = sqrt((1 - alpha_bar) / alpha_bar) (the "VE" view of a
 VP model, Karras et al. 2022 sec. 2). A grid of n steps holds n model timesteps (possibly
-fractional) and n + 1 sigmas ending in 0; a flow grid's "sigmas" are flow times t (see
-processes.py for both views). Grids are built on the host in float64 and padded to a fixed
+fractional) and n + 1 sigmas ending in 0 (or at the schedule's first level, for DDIM as diffusers
+runs it with set_alpha_to_one=False); a flow grid's "sigmas" are flow times t (see processes.py
+for both views). Grids are built on the host in float64 and padded to a fixed
 length so that different step counts share one compiled sampler.
 """
 
@@ -64,33 +65,64 @@ def sigma_to_timestep(sigmas: np.ndarray, schedule_sigmas: np.ndarray) -> np.nda
 
 
 def spaced_timesteps(
-    num_timesteps: int, num_steps: int, spacing: str, *, skip_zero: bool = False
+    num_timesteps: int,
+    num_steps: int,
+    spacing: str,
+    *,
+    skip_zero: bool = False,
+    steps_offset: int = 0,
 ) -> np.ndarray:
     """Decreasing timesteps for the spacings of Lin et al. 2024 (table 2), float64 [n].
 
     `skip_zero` is the multistep solvers' convention (DPM-Solver++, UniPC; diffusers does the
     same): linspace / leading place n + 1 integer points and drop t = 0, so the last step goes
     straight to sigma = 0 instead of taking a tiny step from t = 0 after a long one.
+    `steps_offset` shifts "leading" timesteps up (diffusers' steps_offset; Stable Diffusion's
+    configs use 1); the other spacings ignore it, as diffusers' schedulers do.
     """
+    if isinstance(steps_offset, bool) or not isinstance(steps_offset, int) or steps_offset < 0:
+        raise ValueError(f"steps_offset={steps_offset!r} must be an integer >= 0")
     if skip_zero and spacing in ("leading", "linspace"):
         if spacing == "leading":
             points = np.arange(num_steps + 1) * (num_timesteps // (num_steps + 1))
         else:
             points = np.linspace(0, num_timesteps - 1, num_steps + 1)
-        return np.round(points).astype(np.float64)[::-1][:-1].copy()
-    if spacing == "leading":
+        steps = np.round(points).astype(np.float64)[::-1][:-1].copy()
+    elif spacing == "leading":
         steps = np.round(np.arange(num_steps) * (num_timesteps // num_steps))
     elif spacing == "trailing":
         steps = np.round(np.arange(num_timesteps, 0, -num_timesteps / num_steps)) - 1
     else:  # linspace (and the end points of karras)
         steps = np.linspace(0, num_timesteps - 1, num_steps)
-    return np.sort(steps.astype(np.float64))[::-1].copy()
+    steps = np.sort(steps.astype(np.float64))[::-1].copy()
+    if spacing == "leading" and steps_offset:
+        steps = _offset(steps, steps_offset, num_timesteps)
+    return steps
+
+
+def _offset(steps: np.ndarray, steps_offset: int, num_timesteps: int) -> np.ndarray:
+    """`steps` + `steps_offset`, refused past the last training timestep."""
+    shifted = steps + steps_offset
+    if shifted[0] > num_timesteps - 1:
+        raise ValueError(
+            f"steps_offset={steps_offset} moves the first of {len(steps)} leading timesteps to "
+            f"{shifted[0]:g}, past the schedule's last timestep {num_timesteps - 1}; use fewer "
+            "steps or a smaller offset"
+        )
+    return shifted
 
 
 def timesteps_and_sigmas(
-    schedule: NoiseSchedule, num_steps: int, spacing: str, *, skip_zero: bool = False
+    schedule: NoiseSchedule,
+    num_steps: int,
+    spacing: str,
+    *,
+    skip_zero: bool = False,
+    steps_offset: int = 0,
+    end_at_zero: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Timesteps [n] and sigmas [n + 1] (last one 0) of an n-step grid."""
+    """Timesteps [n] and sigmas [n + 1] of an n-step grid; the last sigma is 0, or with
+    `end_at_zero=False` the schedule's first level sigma_0 (alpha_bar_0 instead of 1)."""
     validate_spacing(spacing)
     schedule_sigmas = train_sigmas(schedule)
     if spacing == "karras":
@@ -98,11 +130,15 @@ def timesteps_and_sigmas(
         timesteps = sigma_to_timestep(sigmas, schedule_sigmas)
     else:
         timesteps = spaced_timesteps(
-            schedule.num_timesteps, num_steps, spacing, skip_zero=skip_zero
+            schedule.num_timesteps,
+            num_steps,
+            spacing,
+            skip_zero=skip_zero,
+            steps_offset=steps_offset,
         )
         # Between training timesteps sigma is interpolated linearly (as diffusers' Euler does).
         sigmas = np.interp(timesteps, np.arange(len(schedule_sigmas)), schedule_sigmas)
-    return timesteps, np.append(sigmas, 0.0)
+    return timesteps, np.append(sigmas, 0.0 if end_at_zero else schedule_sigmas[0])
 
 
 def pad_grid(

@@ -67,15 +67,24 @@ def make_grid(
     flow_shift: float = 1.0,
     max_steps: int | None = None,
     lms_order: int = solvers.LMS_MAX_ORDER,
+    steps_offset: int = 0,
+    set_alpha_to_one: bool = True,
 ) -> Grid:
     """The padded grid of an n-step `sampler` (built on the host): the VP schedule's timesteps in
-    `spacing`, or flow times shifted by `flow_shift`; plus the rows the sampler asks for."""
+    `spacing` ("leading" ones shifted by `steps_offset`), or flow times shifted by `flow_shift`;
+    plus the rows the sampler asks for. `set_alpha_to_one=False` ends a DDIM grid at the
+    schedule's first level alpha_bar_0 (diffusers' setting; other samplers end at sigma = 0)."""
     spec = SAMPLERS[sampler]
     if process == "flow":
         timesteps, sigmas = grids.flow_timesteps_and_sigmas(num_steps, flow_shift)
     else:
         timesteps, sigmas = grids.timesteps_and_sigmas(
-            schedule, num_steps, spacing, skip_zero=spec.skip_zero
+            schedule,
+            num_steps,
+            spacing,
+            skip_zero=spec.skip_zero,
+            steps_offset=steps_offset,
+            end_at_zero=set_alpha_to_one or not spec.settable_final_alpha,
         )
     extras = spec.grid_rows(sigmas, lms_order) if spec.grid_rows else None
     return grids.pad_grid(timesteps, sigmas, max_steps, extras)
@@ -116,11 +125,13 @@ def sample_on_grid(
     """Scans `sampler`'s step over the grid from x_T ~ N(0, I) (model scale) to x_0.
 
     Step i draws its noise as normal(fold_in(key, i)), so any reference can replay it.
-    Padding steps (steps_left == 0) are skipped with `lax.cond` and cost no evaluations.
+    Padding steps (steps_left == 0) are skipped with `lax.cond` and cost no evaluations. A grid
+    that ends above sigma = 0 (DDIM with set_alpha_to_one=False) returns x_t at its last level.
     """
     spec = SAMPLERS[sampler]
     eta = jnp.asarray(eta if spec.eta is None else spec.eta, x_T.dtype)
     x = x_T / processes.view_levels(process, grid.sigmas[0])[2]
+    final_sigma = grid.sigmas_next[grid.steps_left[0] - 1]  # where the last active step lands
     rows = {
         "t": grid.timesteps,
         "t_next": jnp.append(grid.timesteps[1:], 0.0),
@@ -142,13 +153,14 @@ def sample_on_grid(
             (x, state),
         )
         nfe = nfe + jnp.where(active, spec.evaluations(g), 0)
-        sigma_now = jnp.where(active, g["sigma_next"], 0.0)
+        sigma_now = jnp.where(active, g["sigma_next"], final_sigma)
         model_state = x * processes.view_levels(process, sigma_now)[2]
         return (x, state, nfe), (model_state if return_trajectory else None)
 
     initial = (x, spec.init_state(x), jnp.zeros((), jnp.int32))
     (x, _, nfe), trajectory = jax.lax.scan(body, initial, rows)
-    return SampleOutput(samples=x, trajectory=trajectory, nfe=nfe)
+    samples = x * processes.view_levels(process, final_sigma)[2]  # exactly x when it is 0
+    return SampleOutput(samples=samples, trajectory=trajectory, nfe=nfe)
 
 
 def sample(
@@ -172,6 +184,8 @@ def sample(
     thresholding: str = "none",
     dynamic_percentile: float = 0.995,
     lms_order: int = solvers.LMS_MAX_ORDER,
+    steps_offset: int = 0,
+    set_alpha_to_one: bool = True,
     return_trajectory: bool = False,
 ) -> SampleOutput:
     """Draws samples from a VP or flow model with any sampler; the notebook-facing entry point.
@@ -184,6 +198,7 @@ def sample(
       cond / uncond: conditioning pytrees with batch-leading leaves; with `guidance_scale` set,
         both branches run in one batched call per evaluation and are mixed by CFG.
       max_steps: pad the grid to this length so all step counts up to it share one compile.
+      steps_offset / set_alpha_to_one: diffusers' settings of those names (see make_grid).
     Returns:
       SampleOutput with samples [B, ...], the per-step trajectory if asked, and the NFE.
     """
@@ -201,6 +216,8 @@ def sample(
         flow_shift=flow_shift,
         max_steps=max_steps,
         lms_order=lms_order,
+        steps_offset=steps_offset,
+        set_alpha_to_one=set_alpha_to_one,
     )
     model = conditioned_model(model_fn, cond, uncond, guidance_scale, guidance_rescale)
     denoise = make_denoiser(model, parameterisation, thresholding, dynamic_percentile, process)

@@ -259,11 +259,14 @@ class SamplerSpec:
     grid_rows: Callable[[np.ndarray, int], dict[str, np.ndarray]] | None = None
     skip_zero: bool = False  # linspace / leading grids drop t = 0 (multistep solvers, diffusers)
     eta: float | None = None  # a fixed eta (DDPM's ancestral step is DDIM at eta = 1)
+    # Whether set_alpha_to_one=False may end the grid at alpha_bar_0 rather than sigma = 0 (only
+    # diffusers' DDIM reads that setting; its other schedulers always end at sigma = 0).
+    settable_final_alpha: bool = False
 
 
 SAMPLERS: dict[str, SamplerSpec] = {
     "ddpm": SamplerSpec(ddim_step, eta=1.0),
-    "ddim": SamplerSpec(ddim_step),
+    "ddim": SamplerSpec(ddim_step, settable_final_alpha=True),
     "euler": SamplerSpec(euler_step, processes=("ddpm", "flow")),
     "euler_ancestral": SamplerSpec(euler_ancestral_step),
     "heun": SamplerSpec(heun_step, processes=("ddpm", "flow"), evaluations=_heun_evaluations),

@@ -37,6 +37,17 @@ class SamplerConfig:
     spacing: str = field(
         "trailing", "linspace | leading | trailing | karras (Lin et al. 2024); VP models only."
     )
+    steps_offset: int = field(
+        0,
+        "Added to every 'leading' timestep, as diffusers' steps_offset (Stable Diffusion's "
+        "scheduler configs use 1); other spacings ignore it.",
+    )
+    set_alpha_to_one: bool = field(
+        True,
+        "ddim: the last step lands on alpha_bar = 1 (a clean sample); False lands on the "
+        "schedule's alpha_bar at t = 0, as diffusers' DDIM with set_alpha_to_one=False (Stable "
+        "Diffusion's configs). Other samplers always end at sigma = 0, as diffusers' do.",
+    )
     eta: float = field(0.0, "DDIM stochasticity: 0 is deterministic, 1 matches DDPM's variance.")
     num_samples: int = field(64, "Images per grid / --mode=sample run (per prompt if any).")
     thresholding: str = field("static", "none | static (clip x0 to [-1, 1]) | dynamic (Imagen).")
@@ -64,6 +75,7 @@ class SamplerConfig:
             f"must be 0 (no padding) or >= sampler.num_steps={self.num_steps}.",
         )
         one_of("sampler.spacing", self.spacing, grids.SPACINGS)
+        require(self.steps_offset >= 0, "sampler.steps_offset", self.steps_offset, "must be >= 0.")
         require(0.0 <= self.eta <= 1.0, "sampler.eta", self.eta, "must be in [0, 1].")
         one_of("sampler.thresholding", self.thresholding, guidance.THRESHOLDINGS)
         require(
@@ -184,6 +196,8 @@ def make_sample_fn(
             spacing=sampler.spacing,
             flow_shift=flow_shift,
             max_steps=sampler.max_steps or None,
+            steps_offset=sampler.steps_offset,
+            set_alpha_to_one=sampler.set_alpha_to_one,
         )
         call_cond, call_uncond = cond, uncond
         if conditions is not None:

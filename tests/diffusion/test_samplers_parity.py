@@ -11,7 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffusion import grids, samplers, schedules, solvers
+from diffusion import grids, samplers, scheduler_settings, schedules, solvers
+from tests.diffusion import sd_scheduler_configs
 
 torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
@@ -31,10 +32,11 @@ def _torch_model(x, t):
     return 0.5 * torch.tanh(x) + 0.1 * x * scale + 0.05 * scale
 
 
-# sampler -> (diffusers class, constructor kwargs, state is sigma-scaled, uses injected noise)
+# sampler -> (diffusers class, kwargs choosing its algorithm, state is sigma-scaled, uses
+# injected noise)
 REFERENCES = {
-    "ddpm": ("DDPMScheduler", {"variance_type": "fixed_small", "clip_sample": False}, False, True),
-    "ddim": ("DDIMScheduler", {"clip_sample": False, "set_alpha_to_one": True}, False, True),
+    "ddpm": ("DDPMScheduler", {"variance_type": "fixed_small"}, False, True),
+    "ddim": ("DDIMScheduler", {}, False, True),
     "euler": ("EulerDiscreteScheduler", {}, True, False),
     "euler_ancestral": ("EulerAncestralDiscreteScheduler", {}, True, True),
     "heun": ("HeunDiscreteScheduler", {}, True, False),
@@ -58,13 +60,17 @@ REFERENCES = {
         False,
     ),
 }
+# Settings of the plain-schedule cases that differ from the classes' defaults.
+PLAIN_SETTINGS = {
+    "ddpm": {"clip_sample": False},
+    "ddim": {"clip_sample": False, "set_alpha_to_one": True},
+}
 
 
 def _reference(sampler, schedule, num_steps, spacing, x_T, noises, eta):
-    class_name, kwargs, sigma_scaled, stochastic = REFERENCES[sampler]
-    cls = getattr(diffusers, class_name)
+    class_name, kwargs, _, _ = REFERENCES[sampler]
     extra = {"use_karras_sigmas": True} if spacing == "karras" else {"timestep_spacing": spacing}
-    scheduler = cls(
+    scheduler = getattr(diffusers, class_name)(
         num_train_timesteps=T,
         beta_start=1e-4,
         beta_end=0.02,
@@ -72,6 +78,7 @@ def _reference(sampler, schedule, num_steps, spacing, x_T, noises, eta):
         prediction_type="epsilon",
         steps_offset=0,
         **kwargs,
+        **PLAIN_SETTINGS.get(sampler, {}),
         **extra,
     )
     scheduler.alphas_cumprod = torch.tensor(
@@ -81,18 +88,31 @@ def _reference(sampler, schedule, num_steps, spacing, x_T, noises, eta):
         schedule, num_steps, spacing, skip_zero=solvers.SAMPLERS[sampler].skip_zero
     )
     scheduler.set_timesteps(num_steps)
+    _check_grid(scheduler, sampler, timesteps, sigmas, karras=spacing == "karras")
+    return _run_reference(scheduler, sampler, sigmas, x_T, noises, eta)
+
+
+def _check_grid(scheduler, sampler, timesteps, sigmas, karras=False):
+    """diffusers' own grid (timesteps, and sigmas where it keeps them) must equal ours."""
+    class_name, _, sigma_scaled, _ = REFERENCES[sampler]
     if class_name in ("DPMSolverMultistepScheduler", "UniPCMultistepScheduler"):
-        # Their own grids (timesteps, and sigmas from them) must equal ours ...
         np.testing.assert_allclose(scheduler.sigmas.numpy(), sigmas, rtol=1e-5, atol=1e-7)
-        if spacing == "karras":  # ... except that they round Karras timesteps for the model
+        if karras:  # ... except that they round Karras timesteps for the model
             scheduler.timesteps = torch.tensor(timesteps, dtype=torch.float32)
         np.testing.assert_allclose(scheduler.timesteps.numpy(), timesteps, rtol=1e-6)
     elif sigma_scaled:
-        ref = scheduler.sigmas.numpy()[:: 2 if class_name == "HeunDiscreteScheduler" else 1]
+        ref = scheduler.sigmas.numpy()
         if class_name == "HeunDiscreteScheduler":
-            ref = np.append(scheduler.sigmas.numpy()[0], scheduler.sigmas.numpy()[1::2])
+            ref = np.append(ref[0], ref[1::2])
         np.testing.assert_allclose(ref, sigmas, rtol=1e-5)  # the grids themselves agree
-    module = importlib.import_module(cls.__module__)
+    else:  # DDIM / DDPM step between their integer timesteps
+        np.testing.assert_array_equal(scheduler.timesteps.numpy(), timesteps)
+
+
+def _run_reference(scheduler, sampler, sigmas, x_T, noises, eta):
+    """diffusers' sampling loop from x_T with our per-step noise; the state after every step."""
+    class_name, _, sigma_scaled, stochastic = REFERENCES[sampler]
+    module = importlib.import_module(type(scheduler).__module__)
     step_index = {"i": 0}
     if stochastic and hasattr(module, "randn_tensor"):
         module_randn = module.randn_tensor
@@ -114,12 +134,27 @@ def _reference(sampler, schedule, num_steps, spacing, x_T, noises, eta):
     finally:
         if stochastic and hasattr(module, "randn_tensor"):
             module.randn_tensor = module_randn
-    if len(states) == num_steps - 1:  # Heun's last (Euler) step leaves it "in second order"
+    if len(states) == len(sigmas) - 2:  # Heun's last (Euler) step leaves it "in second order"
         states.append(sample.numpy())
     states = np.stack(states)
     if sigma_scaled:  # to the VP scale our trajectories use
         states = states / np.sqrt(1.0 + sigmas[1:] ** 2).reshape((-1,) + (1,) * len(SHAPE))
     return states
+
+
+def _noises(key, num_steps):
+    return [
+        np.asarray(jax.random.normal(jax.random.fold_in(key, i), SHAPE)) for i in range(num_steps)
+    ]
+
+
+def _assert_trajectories_match(ours, reference):
+    """Every step's state to 1e-5 of that step's largest magnitude."""
+    trajectory = np.asarray(ours.trajectory)
+    assert trajectory.shape == reference.shape
+    scale = np.max(np.abs(reference), axis=tuple(range(1, reference.ndim)), keepdims=True)
+    np.testing.assert_array_less(np.abs(trajectory - reference) / scale, 1e-5)
+    np.testing.assert_array_less(np.abs(np.asarray(ours.samples) - reference[-1]) / scale[-1], 1e-5)
 
 
 CASES = [
@@ -155,9 +190,7 @@ def test_trajectory_matches_diffusers(sampler, num_steps, spacing):
     schedule = schedules.make_schedule("linear", T, 1e-4, 0.02)
     x_T = np.asarray(jax.random.normal(jax.random.key(0), SHAPE))
     key = jax.random.key(1)
-    noises = [
-        np.asarray(jax.random.normal(jax.random.fold_in(key, i), SHAPE)) for i in range(num_steps)
-    ]
+    noises = _noises(key, num_steps)
     eta = 0.7 if sampler == "ddim" else 0.0
     ours = samplers.sample(
         _jax_model,
@@ -171,7 +204,66 @@ def test_trajectory_matches_diffusers(sampler, num_steps, spacing):
         return_trajectory=True,
     )
     reference = _reference(sampler, schedule, num_steps, spacing, x_T, noises, eta)
-    trajectory = np.asarray(ours.trajectory)
-    assert trajectory.shape == reference.shape
-    scale = np.max(np.abs(reference), axis=tuple(range(1, reference.ndim)), keepdims=True)
-    np.testing.assert_array_less(np.abs(trajectory - reference) / scale, 1e-5)
+    _assert_trajectories_match(ours, reference)
+
+
+# Stable Diffusion's own scheduler files, read by diffusion/scheduler_settings.py: our sampler with
+# the imported settings against diffusers' `XScheduler.from_config(pipe.scheduler.config)`, the
+# schedule included (diffusers builds its own betas here).
+SD_CASES = [
+    (sampler, config, num_steps)
+    for config, step_counts in (("sd15", (10, 25)), ("sd21", (10, 25)), ("sd15_leading", (10,)))
+    for sampler in REFERENCES
+    for num_steps in step_counts
+]
+
+
+def _sd_reference(sampler, config, settings, num_steps, x_T, noises, eta):
+    class_name, kwargs, _, _ = REFERENCES[sampler]
+    loaded = getattr(diffusers, config["_class_name"]).from_config(config)  # as a pipeline does
+    scheduler = getattr(diffusers, class_name).from_config(loaded.config, **kwargs)
+    scheduler.set_timesteps(num_steps)
+    overrides = settings.sampler_overrides(sampler)
+    timesteps, sigmas = grids.timesteps_and_sigmas(
+        _settings_schedule(settings),
+        num_steps,
+        overrides["sampler.spacing"],
+        skip_zero=solvers.SAMPLERS[sampler].skip_zero,
+        steps_offset=overrides["sampler.steps_offset"],
+    )
+    _check_grid(scheduler, sampler, timesteps, sigmas)
+    return _run_reference(scheduler, sampler, sigmas, x_T, noises, eta)
+
+
+def _settings_schedule(settings):
+    return schedules.make_schedule(
+        settings.schedule, settings.num_timesteps, settings.beta_start, settings.beta_end
+    )
+
+
+@pytest.mark.parametrize("sampler,config_name,num_steps", SD_CASES)
+def test_stable_diffusion_settings_match_diffusers(sampler, config_name, num_steps):
+    config = sd_scheduler_configs.CONFIGS[config_name]
+    settings = scheduler_settings.from_diffusers(config)
+    overrides = settings.sampler_overrides(sampler)
+    x_T = np.asarray(jax.random.normal(jax.random.key(0), SHAPE))
+    key = jax.random.key(1)
+    noises = _noises(key, num_steps)
+    eta = 0.7 if sampler == "ddim" and num_steps == 25 else 0.0
+    ours = samplers.sample(
+        _jax_model,
+        _settings_schedule(settings),
+        jnp.asarray(x_T),
+        key,
+        sampler=sampler,
+        num_steps=num_steps,
+        prediction=settings.prediction,
+        spacing=overrides["sampler.spacing"],
+        steps_offset=overrides["sampler.steps_offset"],
+        set_alpha_to_one=overrides["sampler.set_alpha_to_one"],
+        thresholding=overrides["sampler.thresholding"],
+        eta=eta,
+        return_trajectory=True,
+    )
+    reference = _sd_reference(sampler, config, settings, num_steps, x_T, noises, eta)
+    _assert_trajectories_match(ours, reference)

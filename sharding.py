@@ -189,6 +189,17 @@ def shard_like_params(tree, params_sharding, params_structure, mesh: Mesh):
     return jax.tree.map(assign, tree, is_leaf=lambda x: jax.tree.structure(x) == params_structure)
 
 
+def put_host_tree(tree, shardings):
+    """Host (numpy) arrays every process holds whole -> global arrays laid out as `shardings`
+    (each device takes its own slice; works across processes)."""
+
+    def put(host, target):
+        host = np.asarray(host)
+        return jax.make_array_from_callback(host.shape, target, lambda index: host[index])
+
+    return jax.tree.map(put, tree, shardings)
+
+
 def host_batch_to_global(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
     """Assembles this process's part of the batch into global arrays sharded on the batch axes."""
     sharding = batch_sharding(mesh)

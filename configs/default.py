@@ -25,6 +25,10 @@ def get_config() -> ml_collections.ConfigDict:
     # In-loop evaluation cadence (eval.in_loop_num_samples, EMA params); 0 disables.
     config.eval_every_steps = 0
     config.max_checkpoints_to_keep = 3  # Older checkpoints are deleted by Orbax.
+    # A diffusers pipeline directory or its unet/ folder whose U-Net weights start a run that has no
+    # checkpoint yet (fine-tuning; they must fit model.*). '' = pretrained.path's U-Net when set,
+    # else random init. Ignored on resume.
+    config.init_from = ""
     # Persistent XLA compilation cache directory (restarts load compiled steps); '' = off.
     config.compilation_cache_dir = ""
 
@@ -33,7 +37,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.name = "digits"  # 'digits' (embedded), 'cifar10' (tfds) or 'tfds' (any, below).
     config.data.data_dir = ""  # tfds data_dir; '' means tfds' default (~/tensorflow_datasets).
     config.data.image_size = 8  # Height = width of the images fed to the model.
-    config.data.channels = 1  # Image channels (1 for digits, 3 for CIFAR-10).
+    config.data.channels = 1  # Image channels (1 for digits, or 3 as grey RGB; 3 for CIFAR-10).
     config.data.random_flip = False  # Random horizontal flips (CIFAR-10 yes; digits no).
     config.data.shuffle_buffer = 10000  # tf.data shuffle buffer (tfds sources only).
     # data.name='tfds': any tfds dataset with an image feature, e.g. 'coco_captions'.
@@ -94,6 +98,12 @@ def get_config() -> ml_collections.ConfigDict:
     # The tokenizer's own directory where it is not `path` (a diffusers pipeline's tokenizer/:
     # tokenizer.json, or CLIP's vocab.json + merges.txt); '' = path.
     config.text_encoder.tokenizer_path = ""
+    # Feed the pooled text embedding to the denoiser (added to its timestep embedding); Stable
+    # Diffusion 1.x / 2.x U-Nets take none.
+    config.text_encoder.use_pooled = True
+    # Treat padding as real tokens in the encoder and the denoiser's cross-attention, as Stable
+    # Diffusion's pipelines do (they pass CLIP no attention mask).
+    config.text_encoder.attend_padding = False
 
     # --- Optimizer: optimizer.* -------------------------------------------------------------------
     config.optimizer = ml_collections.ConfigDict()
@@ -207,6 +217,27 @@ def get_config() -> ml_collections.ConfigDict:
     config.autoencoder.sample_posterior = True
     # Decode sampled latents this many images per device at a time (0 = all at once).
     config.autoencoder.decode_chunk = 0
+
+    # --- A pretrained Stable Diffusion: pretrained.* ----------------------------------------------
+    config.pretrained = ml_collections.ConfigDict()
+    # A diffusers Stable Diffusion 1.x / 2.x pipeline directory (model_index.json, unet/, vae/,
+    # text_encoder/, tokenizer/, scheduler/): sets model.*, autoencoder.path, text_encoder.*,
+    # conditioning.kind, data.image_size / channels and diffusion.* from it; its U-Net is the
+    # starting point (see init_from). '' = none.
+    config.pretrained.path = ""
+    # Take sampler.spacing / steps_offset / set_alpha_to_one / thresholding from
+    # scheduler/scheduler_config.json (as diffusers' from_config gives them to the scheduler
+    # matching sampler.name); False keeps sampler.* as configured.
+    config.pretrained.scheduler_settings = True
+    # Pixels per side to train and sample at (a multiple of the VAE factor x 2^(levels-1)); 0 = the
+    # U-Net's sample_size x the VAE's factor (SD 1.5: 512, SD 2.1: 768).
+    config.pretrained.image_size = 0
+
+    # --- --mode=export: export.* ------------------------------------------------------------------
+    config.export = ml_collections.ConfigDict()
+    # Output directory of --mode=export: a diffusers StableDiffusionPipeline (the EMA U-Net, the
+    # frozen VAE, text encoder and tokenizer, a DDIM scheduler config); must not exist.
+    config.export.path = ""
     return config
 
 

@@ -22,12 +22,17 @@ HELD_OUT_FRACTION = 0.2
 SPLIT_SEED = 0
 
 
-def load_digits_images(image_size: int = IMAGE_SIZE) -> tuple[np.ndarray, np.ndarray]:
-    """All 1797 images as float32 [N, S, S, 1] in [-1, 1] (values 0..16 scaled) and int32 labels."""
+def load_digits_images(
+    image_size: int = IMAGE_SIZE, channels: int = 1
+) -> tuple[np.ndarray, np.ndarray]:
+    """All 1797 images as float32 [N, S, S, C] in [-1, 1] (values 0..16 scaled; C = 3 repeats
+    the grey value, for RGB models such as Stable Diffusion's VAE) and int32 labels."""
     from sklearn.datasets import load_digits  # noqa: PLC0415 (slow import, only when used)
 
     data = load_digits()
     images = (data.images.astype(np.float32) / 8.0 - 1.0)[..., None]
+    if channels > 1:
+        images = images.repeat(channels, axis=-1)
     scale = image_size // IMAGE_SIZE
     if scale > 1:
         images = images.repeat(scale, axis=1).repeat(scale, axis=2)
@@ -101,7 +106,7 @@ def create_iterator(
     start_step: int = 0,
 ) -> Iterator[dict[str, np.ndarray]]:
     """Endless batches from `start_step` on; `cfg` is an input_pipeline DataConfig."""
-    images, labels = load_digits_images(cfg.image_size)
+    images, labels = load_digits_images(cfg.image_size, cfg.channels)
     chosen = split_indices(cfg.split)
     images, labels = images[chosen], labels[chosen]
     for step in itertools.count(start_step):

@@ -34,7 +34,7 @@ def iterate_split(
 ) -> Iterator[np.ndarray]:
     """Batches [b, S, S, C] float32 in [0, 1] of this process's share of `split`, in order."""
     if cfg.name == "digits":
-        images, _ = digits.load_digits_images(cfg.image_size)
+        images, _ = digits.load_digits_images(cfg.image_size, cfg.channels)
         images = images[digits.split_indices(split)]
         share = np.array_split(np.arange(len(images)), process_count)[process_index]
         for start in range(0, len(share), batch_size):

@@ -33,7 +33,7 @@ class DataConfig:
     name: str = field("digits", "'digits' (embedded), 'cifar10' (tfds) or 'tfds' (any, below).")
     data_dir: str = field("", "tfds data_dir; '' means tfds' default (~/tensorflow_datasets).")
     image_size: int = field(8, "Height = width of the images fed to the model.")
-    channels: int = field(1, "Image channels (1 for digits, 3 for CIFAR-10).")
+    channels: int = field(1, "Image channels (1 for digits, or 3 as grey RGB; 3 for CIFAR-10).")
     random_flip: bool = field(False, "Random horizontal flips (CIFAR-10 yes; digits no).")
     shuffle_buffer: int = field(10_000, "tf.data shuffle buffer (tfds sources only).")
     tfds_name: str = field(
@@ -106,11 +106,17 @@ class DataConfig:
                 f"does not fit {self.name}: use {native_size} or a multiple of it (images are "
                 "enlarged by pixel repetition).",
             )
+            grey_to_rgb = self.name == "digits" and self.channels == 3
             require(
-                self.channels == channels,
+                self.channels == channels or grey_to_rgb,
                 "data.channels",
                 self.channels,
-                f"does not match {self.name}, which has {channels} channel(s).",
+                f"does not match {self.name}, which has {channels} channel(s)"
+                + (
+                    " (or 3: the grey value repeated, for RGB models)."
+                    if self.name == "digits"
+                    else "."
+                ),
             )
         if self.name == "digits":
             one_of("data.split", self.split, digits.SPLITS)

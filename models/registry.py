@@ -38,12 +38,14 @@ def make_model_config(
     *,
     image_size: int,
     channels: int,
+    input_channels: int | None = None,
     num_classes: int | None = None,
     context_dim: int | None = None,
     pooled_dim: int | None = None,
 ) -> ModelConfig:
     """The typed, checked config of `config.model` (its `name` picks the backbone) for the data
-    shape and conditioning; ConfigError naming `model.<field>` for anything bad."""
+    shape and conditioning (`input_channels`: what the network reads, when more than `channels`,
+    e.g. an inpainting U-Net's mask and masked image); ConfigError naming `model.<field>`."""
     if not isinstance(model_cfg, schema.SECTION_TYPES):
         schema.fail("model", model_cfg, "must be a config section (a ConfigDict or dict).")
     fields = dict(model_cfg)
@@ -53,7 +55,7 @@ def make_model_config(
     fixed = {
         "image_size": image_size,
         "sample_size": image_size,
-        "in_channels": channels,
+        "in_channels": channels if input_channels is None else input_channels,
         "out_channels": channels,
         "num_classes": num_classes,
         "context_dim": context_dim,

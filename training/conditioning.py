@@ -44,18 +44,20 @@ class TextBank:
 
     tokens: jax.Array  # [N, L, D] last hidden states
     mask: jax.Array  # [N, L] True on real tokens
-    pooled: jax.Array  # [N, P] pooled / sentence embedding
+    pooled: jax.Array | None  # [N, P] pooled / sentence embedding (None: the model takes none)
 
     def __len__(self) -> int:
         return int(self.tokens.shape[0])
 
     def take(self, ids: jax.Array) -> dict[str, jax.Array]:
         """The network's text arguments for rows `ids` [B]."""
-        return {
+        kwargs = {
             "context": jnp.take(self.tokens, ids, axis=0),
             "context_mask": jnp.take(self.mask, ids, axis=0),
-            "pooled": jnp.take(self.pooled, ids, axis=0),
         }
+        if self.pooled is not None:
+            kwargs["pooled"] = jnp.take(self.pooled, ids, axis=0)
+        return kwargs
 
 
 def encode_prompts(encoder: Any, prompts: Sequence[str]) -> TextBank:
@@ -68,7 +70,7 @@ def encode_prompts(encoder: Any, prompts: Sequence[str]) -> TextBank:
     return TextBank(
         tokens=np.asarray(embeddings.tokens, np.float32),
         mask=np.asarray(embeddings.mask, bool),
-        pooled=np.asarray(embeddings.pooled, np.float32),
+        pooled=np.asarray(embeddings.pooled, np.float32) if encoder.use_pooled else None,
     )
 
 
@@ -127,7 +129,7 @@ def batch_conditions(
     host computed (`encode_batch_text`); a dropped example gets the null id / null embedding.
     """
     if kind == "text" and "context" in batch:
-        cond = {name: batch[name] for name in TEXT_FIELDS}
+        cond = {name: batch[name] for name in TEXT_FIELDS if name in batch}
         if dropout <= 0:
             return cond
         dropped = jax.random.bernoulli(key, dropout, (batch["context"].shape[0],))
@@ -149,12 +151,13 @@ def encode_batch_text(encoder: Any, batch: dict[str, Any]) -> dict[str, Any]:
         return batch
     embeddings = encoder.encode([str(text) for text in batch["text"]])
     rest = {name: value for name, value in batch.items() if name != "text"}
-    return {
-        **rest,
+    text = {
         "context": np.asarray(embeddings.tokens, np.float32),
         "context_mask": np.asarray(embeddings.mask, bool),
-        "pooled": np.asarray(embeddings.pooled, np.float32),
     }
+    if encoder.use_pooled:
+        text["pooled"] = np.asarray(embeddings.pooled, np.float32)
+    return {**rest, **text}
 
 
 def parse_class_labels(text: str, num_classes: int) -> np.ndarray:

@@ -32,7 +32,7 @@ def num_classes(data: DataConfig) -> int:
 
 def text_widths(
     encoder: TextEncoderConfig, conditioning: ConditioningConfig, data: DataConfig
-) -> tuple[int, int] | None:
+) -> tuple[int, int | None] | None:
     """(hidden, pooled) width of the text encoder when conditioning on text, read from its
     config.json (no weights loaded); None otherwise. Refuses an encoder without text
     conditioning, text conditioning without an encoder or captions, and unreadable files."""
@@ -62,7 +62,8 @@ def text_widths(
 
     try:
         path = encoder.path or text_encoders.default_path(name)
-        return text_encoders.text_widths(name, path, encoder.max_length)
+        hidden, pooled = text_encoders.text_widths(name, path, encoder.max_length)
+        return hidden, pooled if encoder.use_pooled else None
     except (ValueError, OSError) as err:
         message = str(err)
         if "text_encoder." not in message:

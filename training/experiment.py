@@ -19,7 +19,7 @@ from input_pipeline import captions, pipeline
 from models import registry
 from models.autoencoder import AutoencoderConfig
 from models.functional import FunctionalModel, functionalize
-from training import conditioning
+from training import conditioning, pretrained
 from training.conditioning import SampleConditions, TextBank
 from training.latent import LatentSpace, load_latent_space
 from training.optimizer import learning_rate_schedule, make_optimizer
@@ -46,6 +46,8 @@ class Experiment:
     caption_bank: TextBank | None = None  # the dataset's captions + the empty prompt (null row)
     sample_conditions: SampleConditions | None = None  # what sample grids / --mode=sample draw
     latent: LatentSpace | None = None  # latent diffusion: the frozen autoencoder
+    # Reads the U-Net weights a fresh run starts from (init_from / pretrained.path); None: random.
+    initial_params_fn: Callable[[], Any] | None = None
 
     @property
     def frozen(self) -> FrozenInputs | None:
@@ -124,6 +126,9 @@ def build_experiment(
         text_encoder=encoder,
         caption_bank=bank,
         latent=latent,
+        initial_params_fn=pretrained.initial_params_fn(
+            run.init_from, run.pretrained.path, run.model
+        ),
         sample_conditions=conditioning.sample_conditions(
             cond.kind,
             per_prompt=sampler.num_samples,
@@ -145,11 +150,16 @@ def load_text_encoder(encoder_cfg: TextEncoderConfig) -> Any:
 
     try:
         path = encoder_cfg.path or text_encoders.default_path(encoder_cfg.name)
-        return text_encoders.load_text_encoder(
+        encoder = text_encoders.load_text_encoder(
             encoder_cfg.name,
             path,
             encoder_cfg.max_length,
             tokenizer_path=encoder_cfg.tokenizer_path or None,
+        )
+        return dataclasses.replace(
+            encoder,
+            use_pooled=encoder_cfg.use_pooled,
+            attend_padding=encoder_cfg.attend_padding,
         )
     except (ValueError, OSError) as err:  # a checkpoint that does not match the config
         message = str(err)

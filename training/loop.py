@@ -52,9 +52,15 @@ def state_shardings(experiment: Experiment, abstract_state: TrainState) -> Train
 
 
 def create_state(experiment: Experiment, seed: int) -> tuple[TrainState, TrainState]:
-    """A fresh state created already sharded (jit with out_shardings), and its shardings."""
+    """A fresh state created already sharded (jit with out_shardings), and its shardings; its
+    params are the pretrained U-Net's when the experiment has one (init_from)."""
     init = functools.partial(_init_state, experiment, seed)
     shardings = state_shardings(experiment, jax.eval_shape(init))
+    if experiment.initial_params_fn is not None:
+        params = sharding.put_host_tree(experiment.initial_params_fn(), shardings.params)
+        start = functools.partial(create_train_state, optimizer=experiment.optimizer, seed=seed)
+        with jax.named_scope("init"):
+            return jax.jit(start, out_shardings=shardings)(params), shardings
     with jax.named_scope("init"):
         return jax.jit(init, out_shardings=shardings)(), shardings
 

@@ -31,6 +31,7 @@ from sharding import MeshConfig
 from training.conditioning import ConditioningConfig
 from training.latent import LatentConfig
 from training.optimizer import OptimizerConfig
+from training.pretrained import PretrainedConfig
 from training.sampling import SamplerConfig
 
 MAX_TIMESTEPS = 100_000  # the schedule is built whole on the host
@@ -135,6 +136,16 @@ class TextEncoderConfig:
         "The tokenizer's own directory where it is not `path` (a diffusers pipeline's "
         "tokenizer/: tokenizer.json, or CLIP's vocab.json + merges.txt); '' = path.",
     )
+    use_pooled: bool = field(
+        True,
+        "Feed the pooled text embedding to the denoiser (added to its timestep embedding); "
+        "Stable Diffusion 1.x / 2.x U-Nets take none.",
+    )
+    attend_padding: bool = field(
+        False,
+        "Treat padding as real tokens in the encoder and the denoiser's cross-attention, as "
+        "Stable Diffusion's pipelines do (they pass CLIP no attention mask).",
+    )
 
     def validate(self) -> None:
         one_of("text_encoder.name", self.name, TEXT_ENCODERS)
@@ -178,6 +189,17 @@ class TrainingConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class ExportConfig:
+    """`config.export`: where --mode=export writes the run as a diffusers pipeline."""
+
+    path: str = field(
+        "",
+        "Output directory of --mode=export: a diffusers StableDiffusionPipeline (the EMA U-Net, "
+        "the frozen VAE, text encoder and tokenizer, a DDIM scheduler config); must not exist.",
+    )
+
+
+@dataclasses.dataclass(frozen=True)
 class RunConfig:
     """The whole run: run-level fields and one typed section each."""
 
@@ -197,6 +219,12 @@ class RunConfig:
         0, "In-loop evaluation cadence (eval.in_loop_num_samples, EMA params); 0 disables."
     )
     max_checkpoints_to_keep: int = field(3, "Older checkpoints are deleted by Orbax.")
+    init_from: str = field(
+        "",
+        "A diffusers pipeline directory or its unet/ folder whose U-Net weights start a run that "
+        "has no checkpoint yet (fine-tuning; they must fit model.*). '' = pretrained.path's "
+        "U-Net when set, else random init. Ignored on resume.",
+    )
     compilation_cache_dir: str = field(
         "", "Persistent XLA compilation cache directory (restarts load compiled steps); '' = off."
     )
@@ -211,6 +239,8 @@ class RunConfig:
     mesh: MeshConfig = field(MeshConfig(), "Device mesh")
     eval: EvalConfig = field(EvalConfig(), "Evaluation (--mode=eval / eval_stats, in-loop)")
     autoencoder: LatentConfig = field(LatentConfig(), "Latent diffusion (a frozen autoencoder)")
+    pretrained: PretrainedConfig = field(PretrainedConfig(), "A pretrained Stable Diffusion")
+    export: ExportConfig = field(ExportConfig(), "--mode=export")
 
     def validate(self) -> None:
         """The run-level fields on their own (cross-section checks: config_checks)."""
@@ -241,12 +271,18 @@ class RunConfig:
 
         if not isinstance(config, schema.SECTION_TYPES):
             schema.fail("config", config, "must be a ConfigDict or dict of sections.")
+        from training import pretrained as pretrained_pipeline  # noqa: PLC0415
+
         values = dict(config)
+        pretrained = schema.build(PretrainedConfig, values.pop("pretrained", {}), "pretrained")
+        if pretrained.path:  # the pipeline's architecture, components and schedule written in
+            values = pretrained_pipeline.apply(pretrained, values)
         sections = {
             name: schema.build(section_cls, values.pop(name, {}), name)
             for name, section_cls in SECTIONS.items()
-            if name != "model"
+            if name not in ("model", "pretrained")
         }
+        sections["pretrained"] = pretrained
         model_values = values.pop("model", {"name": "unet"})
         data, conditioning = sections["data"], sections["conditioning"]
         widths = config_checks.text_widths(sections["text_encoder"], conditioning, data)
@@ -259,6 +295,7 @@ class RunConfig:
             model_values,
             image_size=size,
             channels=channels,
+            input_channels=channels + pretrained_pipeline.extra_input_channels(pretrained),
             num_classes=config_checks.num_classes(data) if conditioning.kind == "class" else None,
             context_dim=widths[0] if widths else None,
             pooled_dim=widths[1] if widths else None,
@@ -292,4 +329,6 @@ SECTIONS: dict[str, type] = {
     "mesh": MeshConfig,
     "eval": EvalConfig,
     "autoencoder": LatentConfig,
+    "pretrained": PretrainedConfig,
+    "export": ExportConfig,
 }

@@ -16,7 +16,8 @@ from training.run_config import RunConfig
 
 
 def restore_sampler(config: RunConfig | ml_collections.ConfigDict, workdir: str):
-    """(experiment, restored train state, sample_fn) for the latest checkpoint under `workdir`.
+    """(experiment, restored train state, sample_fn) for the latest checkpoint under `workdir`,
+    or, with none there, for the pretrained U-Net (init_from / pretrained.path) at step 0.
 
     `sample_fn(params, key, num_steps=None, guidance_scale=None)` is compiled on first use;
     changing the guidance scale (or, with sampler.max_steps, the step count) reuses that compile.
@@ -24,10 +25,11 @@ def restore_sampler(config: RunConfig | ml_collections.ConfigDict, workdir: str)
     experiment = build_experiment(config)
     config = experiment.run
     manager = checkpointing.make_manager(workdir, config.max_checkpoints_to_keep)
-    if manager.latest_step() is None:
+    if manager.latest_step() is None and experiment.initial_params_fn is None:
         raise FileNotFoundError(
             f"--mode=sample found no checkpoint under {os.path.abspath(workdir)}/checkpoints; "
-            "train first (--mode=train) or point --workdir at a run."
+            "train first (--mode=train), point --workdir at a run, or sample a pretrained "
+            "pipeline (--config.pretrained.path=DIR)."
         )
     state, shardings = loop.init_or_restore(experiment, manager, config.seed)
     sample_fn = loop.experiment_sample_fn(experiment, shardings.ema_params)

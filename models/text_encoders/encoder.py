@@ -49,10 +49,17 @@ class TextEncoder:
     tokenizer: TextTokenizer
     # (params, input_ids [B, L], mask [B, L] bool) -> (hidden [B, L, D], pooled [B, D_pooled])
     forward: Callable[[Params, jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
+    use_pooled: bool = True  # the denoiser reads `pooled` (Stable Diffusion 1.x / 2.x: no)
+    # Every position counts as a real token, padding included: Stable Diffusion's pipelines call
+    # CLIP without an attention mask and cross-attend to all max_length tokens.
+    attend_padding: bool = False
 
     def tokenize(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """input_ids int32 [B, max_length] and attention mask bool [B, max_length]."""
-        return self.tokenizer(texts)
+        input_ids, attention_mask = self.tokenizer(texts)
+        if self.attend_padding:
+            attention_mask = np.ones_like(attention_mask)
+        return input_ids, attention_mask
 
     def apply(
         self, params: Params, input_ids: jax.Array, attention_mask: jax.Array

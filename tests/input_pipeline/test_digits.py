@@ -34,6 +34,14 @@ def test_larger_sizes_repeat_pixels():
     np.testing.assert_array_equal(big[:, ::2, ::2], small)
 
 
+def test_three_channels_repeat_the_grey_value():
+    grey, _ = digits.load_digits_images(16)
+    rgb, _ = digits.load_digits_images(16, channels=3)
+    assert rgb.shape == (*grey.shape[:3], 3)
+    for channel in range(3):
+        np.testing.assert_array_equal(rgb[..., channel], grey[..., 0])
+
+
 def test_resuming_reproduces_the_uninterrupted_stream():
     full = _batches(count=5)
     resumed = _batches(start_step=3, count=2)

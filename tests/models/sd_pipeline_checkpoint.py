@@ -42,12 +42,17 @@ TINY_VAE = dict(
 
 
 def tiny_pipeline(
-    directory: Path, unet_config: dict | None = None, *, tokenizer_json: bool = False
+    directory: Path,
+    unet_config: dict | None = None,
+    *,
+    tokenizer_json: bool = False,
+    scheduler: dict | None = None,
 ) -> StableDiffusionPipeline:
     """Builds, saves (to `directory`) and returns a tiny SD 1.x-style pipeline: 32x32 images,
     16x16x4 latents, the test corpus' CLIP tokenizer, every weight perturbed. The tokenizer/
     folder holds vocab.json + merges.txt as the Stable Diffusion repositories do (transformers 5
-    would write a tokenizer.json instead: `tokenizer_json=True` keeps that)."""
+    would write a tokenizer.json instead: `tokenizer_json=True` keeps that). `scheduler` replaces
+    some of SD 1.5's scheduler settings (SD 2.x: prediction_type='v_prediction')."""
     unet_config = dict(unet_config or sd_unet_checkpoint.SD1_TINY)
     bpe_dir = checkpoints.clip_bpe_files(directory / "_bpe")
     vocab_size = len(json.loads((bpe_dir / "vocab.json").read_text()))
@@ -65,7 +70,7 @@ def tiny_pipeline(
         text_encoder=text_encoder,
         tokenizer=tokenizer,
         unet=sd_unet_checkpoint.torch_unet(unet_config),
-        scheduler=DDIMScheduler(**SD15_SCHEDULER),
+        scheduler=DDIMScheduler(**(SD15_SCHEDULER | (scheduler or {}))),
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,

@@ -55,6 +55,8 @@ def test_class_sample_conditions_repeat_labels_and_use_the_null_class():
 class _FakeEncoder:
     """Embeds a prompt as its length and first character code (enough to check the plumbing)."""
 
+    use_pooled = True
+
     def encode(self, texts):
         tokens = np.array([[[len(t), ord(t[0]) if t else 0]] * 2 for t in texts], np.float32)
         mask = np.array([[True, bool(t)] for t in texts])
@@ -114,3 +116,16 @@ def test_free_text_batches_are_embedded_on_the_host_and_dropped_to_the_null_row(
     assert 0.2 < is_null.mean() < 0.3
     assert not np.asarray(dropped["context_mask"])[is_null].any()
     np.testing.assert_array_equal(dropped["context"][~is_null], big["context"][~is_null])
+
+
+def test_an_encoder_without_pooled_input_gives_the_model_none():
+    encoder = _FakeEncoder()
+    encoder.use_pooled = False  # Stable Diffusion 1.x / 2.x U-Nets take no pooled embedding
+    conditions = conditioning.sample_conditions("text", per_prompt=1, prompts="ab", encoder=encoder)
+    assert set(conditions.cond) == set(conditions.uncond) == {"context", "context_mask"}
+    host = {"image": np.zeros((2, 2, 2, 1)), "text": np.array(["ab", "q"], object)}
+    batch = conditioning.encode_batch_text(encoder, host)
+    bank = conditioning.caption_bank(encoder, ["x"])
+    assert "pooled" not in batch and bank.pooled is None
+    dropped = conditioning.batch_conditions("text", batch, bank, jax.random.key(0), 0.5, 1)
+    assert set(dropped) == {"context", "context_mask"}

@@ -171,3 +171,29 @@ def flow_timesteps_and_sigmas(num_steps: int, shift: float = 1.0) -> tuple[np.nd
     """A flow grid: network timesteps 1000 t [n] and the sampler's levels t [n + 1] (1 to 0)."""
     times = processes.flow_times(num_steps, shift)
     return times[:-1] * processes.FLOW_TIME_SCALE, times
+
+
+def drop_first(grid: Grid, count: int) -> Grid:
+    """The grid without its first `count` active steps, padded back to its max_steps (so every
+    count shares one compile); built on the host.
+
+    Kept rows keep their values, steps_left (n - i) and extras rows included: diffusers' edit
+    pipelines slice the scheduler's timesteps the same way and keep its step index counting
+    from the first kept step (set_begin_index), so e.g. LMS's first kept step uses the
+    coefficient row its position in the full grid gives it.
+    """
+    num_steps = int(grid.steps_left[0])
+    if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count < num_steps:
+        raise ValueError(f"count={count!r} must be an integer in [0, {num_steps - 1}]")
+
+    def shifted(row: jax.Array, fill: float) -> jax.Array:
+        filler = jnp.full((count,) + row.shape[1:], fill, row.dtype)
+        return jnp.concatenate([row[count:], filler])
+
+    return Grid(
+        timesteps=shifted(grid.timesteps, 0.0),
+        sigmas=shifted(grid.sigmas, 1.0),  # the padding values of pad_grid
+        sigmas_next=shifted(grid.sigmas_next, 1.0),
+        steps_left=shifted(grid.steps_left, 0),
+        extras={name: shifted(rows, 0.0) for name, rows in grid.extras.items()},
+    )

@@ -16,7 +16,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from diffusion import grids, guidance, precond, processes, solvers
+from diffusion import editing, grids, guidance, precond, processes, solvers
+from diffusion.editing import Init
 from diffusion.grids import Grid
 from diffusion.precond import Precond
 from diffusion.schedules import NoiseSchedule
@@ -121,16 +122,24 @@ def sample_on_grid(
     eta: float | jax.Array = 0.0,
     process: str = "ddpm",
     return_trajectory: bool = False,
+    init: Init | None = None,
 ) -> SampleOutput:
     """Scans `sampler`'s step over the grid from x_T ~ N(0, I) (model scale) to x_0.
 
     Step i draws its noise as normal(fold_in(key, i)), so any reference can replay it.
     Padding steps (steps_left == 0) are skipped with `lax.cond` and cost no evaluations. A grid
     that ends above sigma = 0 (DDIM with set_alpha_to_one=False) returns x_t at its last level.
+    With `init` (editing.py), the chain starts from init.image noised with x_T to the grid's
+    first level and, with a mask, holds the kept region after every step (image-to-image and
+    inpainting as diffusers' pipelines run them; the grid is usually cut by grids.drop_first).
     """
     spec = SAMPLERS[sampler]
     eta = jnp.asarray(eta if spec.eta is None else spec.eta, x_T.dtype)
-    x = x_T / processes.view_levels(process, grid.sigmas[0])[2]
+    if init is None:
+        x = x_T / processes.view_levels(process, grid.sigmas[0])[2]
+    else:
+        editing.validate_init(init, x_T)
+        x = editing.start_state(init, x_T, grid.sigmas[0], process)
     final_sigma = grid.sigmas_next[grid.steps_left[0] - 1]  # where the last active step lands
     rows = {
         "t": grid.timesteps,
@@ -152,6 +161,12 @@ def sample_on_grid(
             lambda operands: operands,
             (x, state),
         )
+        if init is not None and init.mask is not None:
+            # Outside the step's branch, so that the step compiles as it does without `init`
+            # (an all-ones mask gives the plain chain bit for bit); padding steps keep x.
+            last = g["steps_left"] == 1
+            held = editing.hold_known(init, x, x_T, g["sigma_next"], last, process)
+            x = jnp.where(active, held, x)
         nfe = nfe + jnp.where(active, spec.evaluations(g), 0)
         sigma_now = jnp.where(active, g["sigma_next"], final_sigma)
         model_state = x * processes.view_levels(process, sigma_now)[2]
@@ -187,6 +202,8 @@ def sample(
     steps_offset: int = 0,
     set_alpha_to_one: bool = True,
     return_trajectory: bool = False,
+    init: Init | None = None,
+    strength: float = 1.0,
 ) -> SampleOutput:
     """Draws samples from a VP or flow model with any sampler; the notebook-facing entry point.
 
@@ -199,6 +216,8 @@ def sample(
         both branches run in one batched call per evaluation and are mixed by CFG.
       max_steps: pad the grid to this length so all step counts up to it share one compile.
       steps_offset / set_alpha_to_one: diffusers' settings of those names (see make_grid).
+      init / strength: image-to-image or inpainting (editing.Init): the chain runs the last
+        int(num_steps * strength) steps of the grid, from init.image noised with x_T.
     Returns:
       SampleOutput with samples [B, ...], the per-step trajectory if asked, and the NFE.
     """
@@ -219,6 +238,7 @@ def sample(
         steps_offset=steps_offset,
         set_alpha_to_one=set_alpha_to_one,
     )
+    grid = editing.edit_grid(grid, init, strength)
     model = conditioned_model(model_fn, cond, uncond, guidance_scale, guidance_rescale)
     denoise = make_denoiser(model, parameterisation, thresholding, dynamic_percentile, process)
     return sample_on_grid(
@@ -230,6 +250,7 @@ def sample(
         eta=eta,
         process=process,
         return_trajectory=return_trajectory,
+        init=init,
     )
 
 

@@ -14,7 +14,7 @@ from models.autoencoder_weights import params_from_diffusers
 from models.functional import functionalize
 from tests.models.autoencoder_checkpoint import TINY, torch_vae
 
-pytestmark = pytest.mark.usefixtures("fast_compiles")  # tests/models/conftest.py
+pytestmark = pytest.mark.usefixtures("fast_compiles")  # tests/conftest.py
 
 TOLERANCE = 1e-4  # max-abs error / max-abs of the reference
 CONFIGS = {

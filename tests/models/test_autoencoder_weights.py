@@ -21,7 +21,7 @@ from models.autoencoder_weights import (
 )
 from tests.models.autoencoder_checkpoint import torch_vae
 
-pytestmark = pytest.mark.usefixtures("fast_compiles")  # tests/models/conftest.py
+pytestmark = pytest.mark.usefixtures("fast_compiles")  # tests/conftest.py
 ATTENTION = "encoder.mid_block.attentions.0"
 
 

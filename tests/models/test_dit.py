@@ -25,7 +25,7 @@ TINY = DiTConfig(
     pooled_dim=6,
 )
 
-pytestmark = pytest.mark.usefixtures("fast_compiles")  # tests/models/conftest.py
+pytestmark = pytest.mark.usefixtures("fast_compiles")  # tests/conftest.py
 
 
 def _tiny(**changes) -> DiTConfig:

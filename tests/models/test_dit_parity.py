@@ -8,7 +8,7 @@ import pytest
 from models.dit import DiT, DiTConfig
 from models.functional import functionalize
 
-pytestmark = pytest.mark.usefixtures("fast_compiles")  # tests/models/conftest.py
+pytestmark = pytest.mark.usefixtures("fast_compiles")  # tests/conftest.py
 
 # 2 blocks of width 32, 2 heads, 4 x 4 tokens of 4 channels, 10 classes, and the learned variance
 # that diffusers' DiT always predicts.

@@ -35,7 +35,7 @@ from tests.models.sd_unet_checkpoint import (
     torch_unet,
 )
 
-pytestmark = pytest.mark.usefixtures("fast_compiles")  # tests/models/conftest.py
+pytestmark = pytest.mark.usefixtures("fast_compiles")  # tests/conftest.py
 TINY = {"sd1": SD1_TINY, "sd2": SD2_TINY, "sd1_inpainting": {**SD1_TINY, "in_channels": 9}}
 TOKENS = 7
 

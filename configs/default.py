@@ -162,6 +162,17 @@ def get_config() -> ml_collections.ConfigDict:
     config.sampler.negative_prompt = ""
     # Class-conditional models: labels to draw, e.g. '3,5' ('' = every class).
     config.sampler.class_labels = ""
+    # img2img / inpainting: an image file every sample starts from (centre-cropped, resized to
+    # data.image_size; latent runs encode it to the VAE posterior mean); '' = off.
+    config.sampler.init_image = ""
+    # Inpainting: a mask image, white = regenerate, black = keep init_image (re-imposed, noised to
+    # each step's level); with a 9-channel inpainting U-Net it is an input instead. '' = img2img
+    # (nothing kept).
+    config.sampler.mask = ""
+    # img2img / inpainting: the share of the chain that runs (diffusers' strength): the image is
+    # noised to step int(num_steps * (1 - strength)); 1 = every step (inpainting then starts from
+    # pure noise).
+    config.sampler.strength = 1.0
 
     # --- Device mesh: mesh.* ----------------------------------------------------------------------
     config.mesh = ml_collections.ConfigDict()

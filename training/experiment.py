@@ -24,7 +24,7 @@ from training.conditioning import SampleConditions, TextBank
 from training.latent import LatentSpace, load_latent_space
 from training.optimizer import learning_rate_schedule, make_optimizer
 from training.run_config import RunConfig, TextEncoderConfig
-from training.sampling import SamplerConfig
+from training.sampling import SampleInit, SamplerConfig, read_sample_init
 from training.train_step import FrozenInputs, StepConfig
 
 
@@ -48,6 +48,7 @@ class Experiment:
     latent: LatentSpace | None = None  # latent diffusion: the frozen autoencoder
     # Reads the U-Net weights a fresh run starts from (init_from / pretrained.path); None: random.
     initial_params_fn: Callable[[], Any] | None = None
+    sample_init: SampleInit | None = None  # img2img / inpainting inputs of the sampler
 
     @property
     def frozen(self) -> FrozenInputs | None:
@@ -126,6 +127,12 @@ def build_experiment(
         text_encoder=encoder,
         caption_bank=bank,
         latent=latent,
+        sample_init=read_sample_init(
+            sampler,
+            data.image_size,
+            data.channels,
+            getattr(run.model, "in_channels", 0) - getattr(run.model, "out_channels", 0),
+        ),
         initial_params_fn=pretrained.initial_params_fn(
             run.init_from, run.pretrained.path, run.model
         ),

@@ -81,6 +81,12 @@ class LatentSpace:
             z = ae.posterior_sample(mean, logvar, key) if self.sample_posterior else mean
             return jax.lax.stop_gradient(ae.to_latent(z, self.config))
 
+    def encode_mean(self, params: Params, images: jax.Array) -> jax.Array:
+        """Images -> the latents of their posterior means (img2img / inpainting inputs)."""
+        with jax.named_scope("autoencoder_encode"):
+            mean, _ = ae.bind(self.config, params).encode(images)
+            return ae.to_latent(mean, self.config)
+
     def decode(self, params: Params, latents: jax.Array) -> jax.Array:
         """The diffusion model's latents -> images in [-1, 1] (chunked when asked)."""
         network = ae.bind(self.config, params)

@@ -13,6 +13,7 @@ from absl import logging
 from clu import metric_writers, periodic_actions
 
 import sharding
+from errors import ConfigError
 from input_pipeline import device_prefetch, pipeline
 from models.functional import init_params
 from training import (
@@ -124,6 +125,7 @@ def experiment_sample_fn(experiment: Experiment, params_sharding):
         conditions=experiment.sample_conditions,
         sequence_parallel=experiment.run.mesh.sequence_parallel,
         latent=experiment.latent,
+        init=experiment.sample_init,
     )
 
 
@@ -204,6 +206,14 @@ def _train(
     experiment = build_experiment(config)  # all validation happens here, before any compile
     config = experiment.run  # the typed run config, built once
     pipeline.require_data(experiment.data)  # a dataset missing from data.data_dir, before init
+    extra = getattr(config.model, "in_channels", 0) - getattr(config.model, "out_channels", 0)
+    if extra:
+        raise ConfigError(
+            f"pretrained.path={config.pretrained.path!r} is an inpainting U-Net ({extra} extra "
+            "input channels: mask + masked image); training it needs masks with the data, which "
+            "is not supported. Sample it (--mode=sample with sampler.init_image / sampler.mask) "
+            "or fine-tune a text-to-image pipeline."
+        )
     mesh = experiment.mesh
     logging.info("Mesh %s over %d devices", dict(mesh.shape), mesh.devices.size)
     writer = metric_writers.create_default_writer(

@@ -12,11 +12,11 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 import sharding
-from diffusion import grids, guidance, samplers, solvers
+from diffusion import editing, grids, guidance, samplers, solvers
 from diffusion.precond import Precond
 from diffusion.schedules import NoiseSchedule
 from models.functional import FunctionalModel, Params
-from schema import field, one_of, require
+from schema import fail, field, one_of, require
 from training.conditioning import SampleConditions
 from training.latent import LatentSpace
 
@@ -63,11 +63,40 @@ class SamplerConfig:
     class_labels: str = field(
         "", "Class-conditional models: labels to draw, e.g. '3,5' ('' = every class)."
     )
+    init_image: str = field(
+        "",
+        "img2img / inpainting: an image file every sample starts from (centre-cropped, resized "
+        "to data.image_size; latent runs encode it to the VAE posterior mean); '' = off.",
+    )
+    mask: str = field(
+        "",
+        "Inpainting: a mask image, white = regenerate, black = keep init_image (re-imposed, "
+        "noised to each step's level); with a 9-channel inpainting U-Net it is an input "
+        "instead. '' = img2img (nothing kept).",
+    )
+    strength: float = field(
+        1.0,
+        "img2img / inpainting: the share of the chain that runs (diffusers' strength): the "
+        "image is noised to step int(num_steps * (1 - strength)); 1 = every step (inpainting "
+        "then starts from pure noise).",
+    )
 
     def validate(self) -> None:
         """Field-level checks; those against the process and schedule are cross-section ones."""
         one_of("sampler.name", self.name, solvers.SAMPLERS)
         require(self.num_steps >= 1, "sampler.num_steps", self.num_steps, "must be >= 1.")
+        require(0.0 < self.strength <= 1.0, "sampler.strength", self.strength, "must be in (0, 1].")
+        require(
+            not self.mask or bool(self.init_image),
+            "sampler.mask",
+            self.mask,
+            "needs sampler.init_image (the image whose unmasked part is kept).",
+        )
+        if self.init_image:
+            try:
+                editing.start_step(self.num_steps, self.strength)
+            except ValueError as error:
+                fail("sampler.strength", self.strength, f"with sampler.num_steps: {error}.")
         require(
             self.max_steps == 0 or self.max_steps >= self.num_steps,
             "sampler.max_steps",
@@ -98,6 +127,66 @@ class SamplerConfig:
         )
 
 
+@dataclasses.dataclass(frozen=True)
+class SampleInit:
+    """img2img / inpainting inputs of a sampling run (host arrays, shared by every sample)."""
+
+    image: np.ndarray  # [H, W, C] pixels in [-1, 1]
+    mask: np.ndarray | None  # [H, W, 1]: 1 = regenerate, 0 = keep; None: img2img
+    strength: float
+    # Extra input channels of the network (SD's 9-channel inpainting U-Net: 5 = mask + masked
+    # image latents, concatenated to its input; it then runs without re-imposing anything).
+    extra_channels: int = 0
+
+
+def read_sample_init(
+    sampler: SamplerConfig, image_size: int, channels: int, extra_channels: int = 0
+) -> SampleInit | None:
+    """The sampler's init_image / mask files, read and checked (None when not editing)."""
+    from errors import ConfigError  # noqa: PLC0415
+    from training import images  # noqa: PLC0415
+
+    if extra_channels and not sampler.mask:
+        fail(
+            "sampler.mask",
+            sampler.mask,
+            f"must name a mask: the network takes {extra_channels} extra input channels (an "
+            "inpainting U-Net reads the mask and the masked image); set sampler.init_image too.",
+        )
+    if not sampler.init_image:
+        return None
+    try:
+        image = images.load_image(sampler.init_image, image_size, channels)
+        mask = images.load_mask(sampler.mask, image_size) if sampler.mask else None
+    except OSError as error:
+        name = (
+            "sampler.mask" if sampler.mask and sampler.mask in str(error) else "sampler.init_image"
+        )
+        raise ConfigError(f"{name}: {error}") from error
+    return SampleInit(image, mask, sampler.strength, extra_channels)
+
+
+def _edit_inputs(init, latent, autoencoder_params, shape):
+    """(editing.Init, extra network input or None) for x_T's `shape`, inside the jitted chain."""
+    pixels = jnp.broadcast_to(init["image"][None], (shape[0], *init["image"].shape))
+    encode = (
+        (lambda x: x) if latent is None else (lambda x: latent.encode_mean(autoencoder_params, x))
+    )
+    image = encode(pixels)
+    mask = init.get("mask")
+    if mask is None:
+        return editing.Init(image, None, from_noise=False), None
+    factor = pixels.shape[1] // shape[1]
+    small = jnp.broadcast_to(mask[None, ::factor, ::factor], (shape[0], *shape[1:3], 1))
+    from_noise = init["strength"] == 1.0
+    if init["extra_channels"]:  # the network sees the mask; nothing is re-imposed
+        masked = encode(pixels * (mask[None] < 0.5))
+        return editing.Init(image, None, from_noise=from_noise), jnp.concatenate(
+            [small, masked], -1
+        )
+    return editing.Init(image, small, from_noise=from_noise), None
+
+
 def make_sample_fn(
     model: FunctionalModel,
     schedule: NoiseSchedule | None,
@@ -112,6 +201,7 @@ def make_sample_fn(
     conditions: SampleConditions | None = None,
     sequence_parallel: bool = False,
     latent: LatentSpace | None = None,
+    init: SampleInit | None = None,
 ) -> Callable[..., np.ndarray]:
     """Returns `sample_fn(params, key, num_steps=None, guidance_scale=None) -> numpy images`.
 
@@ -121,7 +211,8 @@ def make_sample_fn(
     count is padded up to a multiple of the number of batch shards and trimmed afterwards. The
     guidance scale and the conditioning are traced, so sweeping them never recompiles. With a
     `latent` space the chain runs on latents and ends with the frozen decoder (sharded alike), so
-    the images returned are pixels.
+    the images returned are pixels. With `init` every chain is an img2img / inpainting edit of
+    its image (sampler.strength of the chain runs; a mask re-imposes the kept region).
     """
     total = sampler.num_samples if conditions is None else len(conditions.prompt_ids)
     shards = sharding.num_batch_shards(mesh)
@@ -132,14 +223,30 @@ def make_sample_fn(
     if conditions is not None:
         cond, uncond = (_pad_rows(tree, padded) for tree in (conditions.cond, conditions.uncond))
 
+    init_arrays = None
+    if init is not None:
+        init_arrays = {"image": init.image}
+        if init.mask is not None:
+            init_arrays["mask"] = init.mask
+
     def sample_fn(params, key, grid, cond, uncond, guidance_scale, decoder_params) -> jax.Array:
         noise_key, chain_key = jax.random.split(key)
         x_T = jax.random.normal(noise_key, (padded, *image_shape), jnp.float32)
         x_T = jax.lax.with_sharding_constraint(x_T, batch_sharding)
+        edit = None
+        if init is not None:
+            arrays = {**init_arrays, "strength": init.strength}
+            arrays["extra_channels"] = init.extra_channels
+            edit, extra = _edit_inputs(arrays, latent, decoder_params, x_T.shape)
+            if extra is not None:  # rides with the conditioning through CFG's batching
+                cond, uncond = {**cond, "concat": extra}, {**uncond, "concat": extra}
 
         def model_fn(x_t, t, kwargs=None):
+            kwargs = dict(kwargs or {})
+            if "concat" in kwargs:
+                x_t = jnp.concatenate([x_t, kwargs.pop("concat").astype(x_t.dtype)], axis=-1)
             with sharding.activation_constraints(mesh, sequence_parallel):
-                return model.apply(params, x_t, t, **(kwargs or {}))
+                return model.apply(params, x_t, t, **kwargs)
 
         guided = samplers.conditioned_model(
             model_fn,
@@ -152,7 +259,14 @@ def make_sample_fn(
             guided, precond, sampler.thresholding, sampler.dynamic_percentile, process
         )
         samples = samplers.sample_on_grid(
-            denoise, grid, x_T, chain_key, sampler=sampler.name, eta=sampler.eta, process=process
+            denoise,
+            grid,
+            x_T,
+            chain_key,
+            sampler=sampler.name,
+            eta=sampler.eta,
+            process=process,
+            init=edit,
         ).samples
         if latent is None:
             return samples
@@ -199,6 +313,8 @@ def make_sample_fn(
             steps_offset=sampler.steps_offset,
             set_alpha_to_one=sampler.set_alpha_to_one,
         )
+        if init is not None:  # the edit runs the grid's last steps (traced: no recompile)
+            grid = grids.drop_first(grid, editing.start_step(num_steps, init.strength))
         call_cond, call_uncond = cond, uncond
         if conditions is not None:
             if len(conditions.prompt_ids) != total:

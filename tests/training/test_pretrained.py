@@ -3,6 +3,8 @@ through the project's code equal to diffusers' own StableDiffusionPipeline on a 
 (same prompt, negative prompt and initial latents; DDIM / Euler / DPM-Solver++ 2M, guidance 7.5,
 10 steps)."""
 
+import importlib
+
 import jax
 import numpy as np
 import pytest
@@ -171,3 +173,121 @@ def test_sampling_equals_diffusers_pipeline(pipelines, name, sampler):
     assert _relative(latents, reference_latents) < 1e-3
     reference_images = _diffusers(pipe, sampler, x_T, "np")  # [0, 1]
     assert np.abs((images + 1) / 2 - reference_images).max() < 1e-3
+
+
+# --- img2img and inpainting through the same sample function, against diffusers' pipelines ---
+
+
+def _image_files(directory, size=32):
+    """A smooth colour image and a half / half mask as PNG files (what a user passes)."""
+    from PIL import Image  # noqa: PLC0415
+
+    y, x = np.mgrid[0:size, 0:size] / (size - 1)
+    rgb = np.stack([x, y, 0.5 * (1 - x) + 0.25], -1)
+    image_path, mask_path = directory / "image.png", directory / "mask.png"
+    Image.fromarray((rgb * 255).round().astype(np.uint8)).save(image_path)
+    mask = np.zeros((size, size), np.uint8)
+    mask[:, size // 2 :] = 255  # regenerate the right half
+    Image.fromarray(mask).save(mask_path)
+    return image_path, mask_path
+
+
+def _edited_images(directory, image_path, mask_path, strength):
+    config = _config(directory, init_image=str(image_path), mask=str(mask_path or ""))
+    config.sampler.strength = strength
+    experiment = build_experiment(config)
+    state, shardings = loop.create_state(experiment, 0)
+    fn = make_sample_fn(
+        experiment.model,
+        experiment.schedule,
+        experiment.sampler,
+        precond=experiment.step_config.precond,
+        image_shape=experiment.image_shape,
+        mesh=experiment.mesh,
+        params_sharding=shardings.ema_params,
+        conditions=experiment.sample_conditions,
+        latent=experiment.latent,
+        init=experiment.sample_init,
+    )
+    key = jax.random.key(0)
+    images = np.asarray(fn.on_device(state.ema_params, key))[:2]
+    x_T = np.asarray(jax.random.normal(jax.random.split(key)[0], (8, *experiment.image_shape)))
+    return images, x_T[:2]
+
+
+def _diffusers_edit(pipe, kind, image_path, mask_path, strength, x_T, monkeypatch):
+    """diffusers' img2img / inpaint pipeline with our x_T as its noise and the VAE posterior
+    mean (what we encode init images to) instead of a posterior sample."""
+    from PIL import Image  # noqa: PLC0415
+
+    module = importlib.import_module(
+        f"diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_{kind}"
+    )
+    noise = torch.from_numpy(x_T.transpose(0, 3, 1, 2).copy())
+    monkeypatch.setattr(module, "randn_tensor", lambda shape, **_: noise.reshape(shape))
+    monkeypatch.setattr(
+        module, "retrieve_latents", lambda output, generator=None, **_: output.latent_dist.mode()
+    )
+    cls = {"img2img": "StableDiffusionImg2ImgPipeline", "inpaint": "StableDiffusionInpaintPipeline"}
+    edit = getattr(diffusers, cls[kind])(**pipe.components)
+    edit.scheduler = diffusers.DDIMScheduler.from_config(pipe.scheduler.config)
+    kwargs = {"image": Image.open(image_path), "strength": strength}
+    if kind == "inpaint":
+        kwargs |= {"mask_image": Image.open(mask_path), "height": 32, "width": 32}
+    out = edit(
+        PROMPT,
+        negative_prompt=NEGATIVE,
+        num_inference_steps=10,
+        guidance_scale=7.5,
+        num_images_per_prompt=2,
+        output_type="np",
+        **kwargs,
+    ).images
+    return np.asarray(out) * 2 - 1  # [0, 1] -> our [-1, 1]
+
+
+@pytest.mark.parametrize(
+    "kind,strength,unet",
+    [
+        ("img2img", 0.6, "sd1"),
+        ("inpaint", 0.6, "sd1"),
+        pytest.param("inpaint", 1.0, "sd1", marks=pytest.mark.slow),
+        pytest.param("inpaint", 1.0, "sd1_inpainting", marks=pytest.mark.slow),
+    ],
+)
+def test_edits_equal_diffusers_pipelines(
+    pipelines, tmp_path_factory, tmp_path, monkeypatch, kind, strength, unet
+):
+    if unet == "sd1_inpainting":  # the 9-channel U-Net: mask + masked image latents as input
+        directory = tmp_path_factory.mktemp("inpainting")
+        config = {**sd_unet_checkpoint.SD1_TINY, "in_channels": 9}
+        pipe = sd_pipeline_checkpoint.tiny_pipeline(directory, config)
+    else:
+        directory, pipe = pipelines[unet]
+    image_path, mask_path = _image_files(tmp_path)
+    mask = mask_path if kind == "inpaint" else None
+    ours, x_T = _edited_images(directory, image_path, mask, strength)
+    reference = _diffusers_edit(pipe, kind, image_path, mask_path, strength, x_T, monkeypatch)
+    assert np.abs(ours - reference).max() < 2e-3  # decoded images, 1e-3 of diffusers' [0, 1]
+
+
+def test_an_inpainting_unet_needs_a_mask_and_cannot_be_trained(tmp_path_factory, tmp_path):
+    directory = tmp_path_factory.mktemp("inpainting_refusals")
+    config = {**sd_unet_checkpoint.SD1_TINY, "in_channels": 9}
+    sd_pipeline_checkpoint.tiny_pipeline(directory, config)
+    run = RunConfig.from_configdict(_config(directory))
+    assert run.model.in_channels == 9 and run.model.out_channels == 4
+    with pytest.raises(ConfigError, match="sampler.mask"):
+        build_experiment(_config(directory))
+    with pytest.raises(ConfigError, match="inpainting U-Net"):
+        loop.train_and_evaluate(_config(directory), str(tmp_path / "work"))
+
+
+def test_bad_edit_inputs_are_named(pipelines, tmp_path):
+    directory, _ = pipelines["sd1"]
+    with pytest.raises(ConfigError, match="sampler.mask"):
+        RunConfig.from_configdict(_config(directory, mask="m.png"))
+    with pytest.raises(ConfigError, match="sampler.strength=0.05"):
+        RunConfig.from_configdict(_config(directory, init_image="x.png", strength=0.05))
+    with pytest.raises(ConfigError, match="sampler.init_image"):
+        build_experiment(_config(directory, init_image=str(tmp_path / "missing.png")))

@@ -291,3 +291,25 @@ def test_bad_edit_inputs_are_named(pipelines, tmp_path):
         RunConfig.from_configdict(_config(directory, init_image="x.png", strength=0.05))
     with pytest.raises(ConfigError, match="sampler.init_image"):
         build_experiment(_config(directory, init_image=str(tmp_path / "missing.png")))
+
+
+def test_a_fresh_state_starts_from_the_pipelines_unet_fsdp_sharded(pipelines):
+    directory, pipe = pipelines["sd1"]
+    config = _config(directory)
+    config.mesh.fsdp = 4
+    experiment = build_experiment(config)
+    state, shardings = loop.create_state(experiment, 0)
+    from models.unet_weights import load_unet  # noqa: PLC0415
+
+    _, loaded = load_unet(directory / "unet")
+    flat_state = jax.tree_util.tree_leaves_with_path(state.params)
+    flat_loaded = dict(jax.tree_util.tree_leaves_with_path(loaded))
+    assert len(flat_state) == len(flat_loaded)
+    for path, leaf in flat_state:
+        np.testing.assert_array_equal(np.asarray(leaf), np.asarray(flat_loaded[path]))
+    np.testing.assert_array_equal(
+        np.asarray(state.ema_params["conv_in"]["kernel"]),
+        np.asarray(loaded["conv_in"]["kernel"]),
+    )
+    sharded = [leaf for _, leaf in flat_state if not leaf.sharding.is_fully_replicated]
+    assert sharded, "mesh.fsdp=4 shards the big kernels"

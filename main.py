@@ -11,7 +11,7 @@ import os
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-MODES = ("train", "sample", "eval", "eval_stats")
+MODES = ("train", "sample", "eval", "eval_stats", "export")
 
 FLAGS = flags.FLAGS
 # Unknown --config.x=y keys are let through here so that RunConfig refuses them like every other
@@ -103,7 +103,7 @@ def main(argv: list[str]) -> None:
         # runs use it, e.g. several CPU processes on one machine as tests/test_multihost.py does).
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
         jax.distributed.initialize(**distributed)
-    from training import compilation_cache, eval_run, loop, sample_run  # noqa: PLC0415
+    from training import compilation_cache, eval_run, export_run, loop, sample_run  # noqa: PLC0415
     from training.run_config import RunConfig  # noqa: PLC0415
 
     # The whole config, typed and checked once (ConfigError naming the field), before anything
@@ -131,6 +131,8 @@ def main(argv: list[str]) -> None:
         eval_run.evaluate_checkpoint(run, FLAGS.workdir)
     elif FLAGS.mode == "eval_stats":
         eval_run.eval_stats(run)
+    elif FLAGS.mode == "export":
+        export_run.export_pipeline(run, FLAGS.workdir)
 
 
 if __name__ == "__main__":

@@ -86,6 +86,12 @@ def read_pipeline_dir(path: str | os.PathLike) -> PipelineDir:
     index_path = root / INDEX_FILE
     if not index_path.is_file():
         found = sorted(p.name for p in root.iterdir()) if root.is_dir() else "no such directory"
+        if isinstance(found, list) and any("lora" in name.lower() for name in found):
+            raise ConfigError(
+                f"pretrained.path={str(root)!r} holds LoRA weights only ({found}); LoRA is not "
+                "supported: point it at a full pipeline directory (model_index.json, unet/, vae/, "
+                "text_encoder/, tokenizer/, scheduler/)."
+            )
         raise ConfigError(
             f"pretrained.path={str(root)!r} has no {INDEX_FILE}: expected a diffusers pipeline "
             f"directory (model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/); "

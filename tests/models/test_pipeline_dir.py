@@ -61,3 +61,9 @@ def test_missing_and_unsupported_parts_are_named(saved, tmp_path):
     _edit_index(broken, unet=["diffusers", "UNet2DConditionModel"], text_encoder=[None, None])
     with pytest.raises(ConfigError, match="names no 'text_encoder' component"):
         pipeline_dir.read_pipeline_dir(broken)
+
+
+def test_a_lora_only_folder_is_named(tmp_path):
+    (tmp_path / "pytorch_lora_weights.safetensors").write_bytes(b"")
+    with pytest.raises(ConfigError, match="LoRA weights only.*pytorch_lora_weights"):
+        pipeline_dir.read_pipeline_dir(tmp_path)

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from input_pipeline import digits, tfds_source
+from input_pipeline import digits, folder, tfds_source
 
 
 def to_unit_range(images: np.ndarray) -> np.ndarray:
@@ -25,6 +25,8 @@ def split_size(cfg: Any, split: str) -> int:
     """Number of images in `split` of the config's data set (before sharding over processes)."""
     if cfg.name == "digits":
         return len(digits.split_indices(split))
+    if cfg.name == "folder":  # the whole folder is the split
+        return len(folder.scan_folder(cfg.data_dir).files)
     builder = _builder(cfg)
     return int(builder.info.splits[split].num_examples)
 
@@ -40,7 +42,28 @@ def iterate_split(
         for start in range(0, len(share), batch_size):
             yield to_unit_range(images[share[start : start + batch_size]])
         return
+    if cfg.name == "folder":
+        yield from _folder_batches(cfg, batch_size, process_index, process_count)
+        return
     yield from _tfds_batches(cfg, split, batch_size, process_index, process_count)
+
+
+def _folder_batches(cfg: Any, batch_size: int, process_index: int, process_count: int):
+    """The folder's readable images in file order (unreadable ones are left out)."""
+    index = folder.scan_folder(cfg.data_dir)
+    share = np.array_split(np.arange(len(index.files)), process_count)[process_index]
+    batch = []
+    for i in share:
+        try:
+            path = f"{index.root}/{index.files[i]}"
+            batch.append(folder.decode_image(path, cfg.image_size, cfg.channels))
+        except Exception:  # noqa: BLE001 (Pillow raises many kinds on broken files)
+            continue
+        if len(batch) == batch_size:
+            yield np.stack(batch).astype(np.float32) / 255.0
+            batch = []
+    if batch:
+        yield np.stack(batch).astype(np.float32) / 255.0
 
 
 def _tfds_batches(cfg: Any, split: str, batch_size: int, process_index: int, process_count: int):

@@ -56,7 +56,7 @@ def text_widths(
             "data.name",
             data.name,
             f"has no captions for conditioning.kind='text'; use {', '.join(captions.CAPTIONS)}, "
-            "or data.name='tfds' with data.text_key.",
+            "or data.name='tfds' or 'folder' with data.text_key.",
         )
     from models import text_encoders  # noqa: PLC0415 (tokenizers etc. only when text is used)
 

@@ -50,3 +50,18 @@ def test_cifar_split_is_read_once_in_order_without_flips(prepared_cifar):  # noq
     shares = [np.concatenate(list(full_split.iterate_split(cfg, "train", 6, p, 2))) for p in (0, 1)]
     assert len(shares[0]) + len(shares[1]) == 20
     assert {x.tobytes() for x in np.concatenate(shares)} == {x.tobytes() for x in images}
+
+
+def test_a_folder_is_read_whole_in_file_order(tmp_path):
+    from PIL import Image  # noqa: PLC0415
+
+    for i in range(5):
+        Image.fromarray(np.full((6, 6, 3), 40 * i, np.uint8)).save(tmp_path / f"{i}.png")
+    (tmp_path / "5.png").write_bytes(b"not a png")
+    cfg = DataConfig(name="folder", data_dir=str(tmp_path), image_size=4, channels=3)
+    assert full_split.split_size(cfg, "train") == 6
+    batches = list(full_split.iterate_split(cfg, "train", batch_size=2))
+    values = np.concatenate(batches)[:, 0, 0, 0] * 255
+    np.testing.assert_allclose(values, [0, 40, 80, 120, 160], atol=1e-3)
+    halves = [np.concatenate(list(full_split.iterate_split(cfg, "train", 8, p, 2))) for p in (0, 1)]
+    assert sum(len(h) for h in halves) == 5

@@ -43,6 +43,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.optimizer.warmup_steps = 5000
     config.optimizer.grad_clip_norm = 1.0
     config.optimizer.ema_decay = 0.9999
+    config.optimizer.ema_warmup = False  # the paper's plain EMA, 0.9999 from step 0
 
     config.sampler.name = "ddpm"
     config.sampler.num_steps = 1000

@@ -34,8 +34,12 @@ def get_config() -> ml_collections.ConfigDict:
 
     # --- Data: data.* -----------------------------------------------------------------------------
     config.data = ml_collections.ConfigDict()
-    config.data.name = "digits"  # 'digits' (embedded), 'cifar10' (tfds) or 'tfds' (any, below).
-    config.data.data_dir = ""  # tfds data_dir; '' means tfds' default (~/tensorflow_datasets).
+    # 'digits' (embedded), 'cifar10' (tfds), 'tfds' (any, below) or 'folder' (image files under
+    # data.data_dir).
+    config.data.name = "digits"
+    # tfds data_dir ('' means tfds' default, ~/tensorflow_datasets); for data.name='folder' the
+    # folder of JPEG / PNG / WebP files (input_pipeline/folder.py).
+    config.data.data_dir = ""
     config.data.image_size = 8  # Height = width of the images fed to the model.
     config.data.channels = 1  # Image channels (1 for digits, or 3 as grey RGB; 3 for CIFAR-10).
     config.data.random_flip = False  # Random horizontal flips (CIFAR-10 yes; digits no).
@@ -43,12 +47,18 @@ def get_config() -> ml_collections.ConfigDict:
     # data.name='tfds': any tfds dataset with an image feature, e.g. 'coco_captions'.
     config.data.tfds_name = ""
     config.data.image_key = "image"  # Its image feature (centre-cropped and resized).
-    # Its text feature, embedded batch by batch; '/' reaches into nested features.
+    # Its text feature, embedded batch by batch; '/' reaches into nested features. For
+    # data.name='folder' the metadata.jsonl key of the captions (e.g. 'text'); images without a line
+    # there read the .txt of the same name beside them.
     config.data.text_key = ""
     # Its integer class-label feature, e.g. 'label' for imagenet2012 ('' = unlabelled).
     config.data.label_key = ""
-    # With label_key: the number of classes (checked against the dataset's ClassLabel).
+    # With label_key: the number of classes (checked against the dataset's ClassLabel); for
+    # data.name='folder' the number of class sub-folders (0: unlabelled).
     config.data.num_classes = 0
+    # data.name='folder': decode every image once and keep them in memory (uint8 at data.image_size)
+    # when they take at most this many MiB; else decode each batch's files.
+    config.data.folder_cache_mb = 2048
     # The split to train on: a tfds split, or for digits 'train' (all 1797), 'fit' (a fixed 80%) or
     # 'held_out' (the other 20%).
     config.data.split = "train"
@@ -116,6 +126,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.optimizer.weight_decay = 0.0  # Decoupled weight decay (adamw only).
     config.optimizer.grad_clip_norm = 1.0  # Global-norm gradient clipping; 0 disables.
     config.optimizer.ema_decay = 0.9999  # EMA of parameters used for sampling.
+    # EMA decay min(ema_decay, (1 + s) / (10 + s)) at step s (0 at the first step), as diffusers'
+    # EMAModel: the EMA forgets the random init within tens of steps instead of ~1 / (1 - ema_decay)
+    # (99% init after 100 steps at 0.9999). False: ema_decay from step 0 (Ho et al. 2020; DiT).
+    config.optimizer.ema_warmup = True
 
     # --- Training step: training.* ----------------------------------------------------------------
     config.training = ml_collections.ConfigDict()

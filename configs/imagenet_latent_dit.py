@@ -56,6 +56,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.optimizer.weight_decay = 0.0
     config.optimizer.warmup_steps = 0
     config.optimizer.ema_decay = 0.9999
+    config.optimizer.ema_warmup = False  # DiT's plain EMA, 0.9999 from step 0
 
     config.conditioning.kind = "class"
     config.conditioning.dropout = 0.1

@@ -63,7 +63,8 @@ def main(argv: list[str]) -> None:
         print(f"| {scale:g} | {accuracy:.3f} |", flush=True)
     shown = np.concatenate([samples[intended == p][:10] for p in range(10)])
     path = os.path.join(FLAGS.workdir, "samples", f"prompts_cfg{scale:g}.png")
-    images.save_png(images.make_grid(shown, num_rows=10), path, upscale=8)
+    labels = experiment.sample_conditions.prompts  # prompt p's row is row p
+    images.save_png(images.sample_grid(shown, num_rows=10, labels=labels), path)
     print(f"wrote {path}")
 
 

@@ -112,6 +112,7 @@ def build_experiment(
             weighting=run.diffusion.weighting,
             time_sampling=run.diffusion.time_sampling,
             ema_decay=run.optimizer.ema_decay,
+            ema_warmup=run.optimizer.ema_warmup,
             process=run.diffusion.process,
             conditioning=cond.kind,
             cond_dropout=cond.dropout if cond.kind != "none" else 0.0,

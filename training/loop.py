@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import os
 import time
+from collections.abc import Sequence
 
 import jax
 import ml_collections
@@ -130,17 +131,25 @@ def experiment_sample_fn(experiment: Experiment, params_sharding):
 
 
 def write_sample_grid(
-    writer, sample_fn, state: TrainState, step: int, workdir: str, seed: int, rows: int | None
+    writer,
+    sample_fn,
+    state: TrainState,
+    step: int,
+    workdir: str,
+    seed: int,
+    rows: int | None,
+    labels: Sequence[str] | None = None,
 ):
-    """Samples with the EMA parameters and writes the grid as PNG and as a TensorBoard image."""
+    """Samples with the EMA parameters and writes the grid (`images.sample_grid`: cells about
+    64 px, `labels` beside their rows) as PNG and as a TensorBoard image."""
     start = time.perf_counter()
     samples = sample_fn(state.ema_params, jax.random.key(seed))
-    grid = images.make_grid(samples, num_rows=rows)
+    picture = images.sample_grid(samples, num_rows=rows, labels=labels)
     if jax.process_index() == 0:
         path = os.path.join(workdir, "samples", f"step_{step:08d}.png")
-        images.save_png(grid, path, upscale=max(1, 256 // grid.shape[0]))
+        images.save_png(picture, path)
         logging.info("Wrote %s (%.1f s)", path, time.perf_counter() - start)
-    writer.write_images(step, {"samples": grid[None]})
+    writer.write_images(step, {"samples": picture[None]})
 
 
 def grid_rows(experiment: Experiment) -> int | None:
@@ -150,6 +159,15 @@ def grid_rows(experiment: Experiment) -> int | None:
         return 2
     conditions = experiment.sample_conditions
     return None if conditions is None else len(conditions.prompts)
+
+
+def grid_labels(experiment: Experiment) -> tuple[str, ...] | None:
+    """What each row of the grid shows (see grid_rows): its prompt or class, or original /
+    reconstruction for autoencoders; None for an unlabelled square grid."""
+    if experiment.step_config.autoencoder is not None:
+        return ("original", "reconstruction")
+    conditions = experiment.sample_conditions
+    return None if conditions is None else conditions.prompts
 
 
 def flatten_config(config: ml_collections.ConfigDict) -> dict[str, object]:
@@ -281,7 +299,14 @@ def _train(
             paused = time.perf_counter()
             with report.timed("sample"):
                 write_sample_grid(
-                    writer, sample_fn, state, step, workdir, config.seed, grid_rows(experiment)
+                    writer,
+                    sample_fn,
+                    state,
+                    step,
+                    workdir,
+                    config.seed,
+                    grid_rows(experiment),
+                    grid_labels(experiment),
                 )
             interval_start += time.perf_counter() - paused
         every = config.eval_every_steps or config.sample_every_steps

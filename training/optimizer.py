@@ -24,6 +24,13 @@ class OptimizerConfig:
     weight_decay: float = field(0.0, "Decoupled weight decay (adamw only).")
     grad_clip_norm: float = field(1.0, "Global-norm gradient clipping; 0 disables.")
     ema_decay: float = field(0.9999, "EMA of parameters used for sampling.")
+    ema_warmup: bool = field(
+        True,
+        "EMA decay min(ema_decay, (1 + s) / (10 + s)) at step s (0 at the first step), as "
+        "diffusers' EMAModel: the EMA forgets the random init within tens of steps instead of "
+        "~1 / (1 - ema_decay) (99% init after 100 steps at 0.9999). False: ema_decay from step 0 "
+        "(Ho et al. 2020; DiT).",
+    )
 
     def validate(self) -> None:
         """Raises ConfigError naming the bad field before anything is compiled."""

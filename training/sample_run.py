@@ -67,8 +67,10 @@ def sample_from_checkpoint(
             "samples",
             f"{sampler.name}_{sampler.num_steps}steps{guidance}_step{step:08d}",
         )
-        grid = images.make_grid(samples, num_rows=loop.grid_rows(experiment))
-        images.save_png(grid, stem + ".png", upscale=max(1, 256 // grid.shape[0]))
+        picture = images.sample_grid(
+            samples, num_rows=loop.grid_rows(experiment), labels=loop.grid_labels(experiment)
+        )
+        images.save_png(picture, stem + ".png")  # labelled and enlarged; the .npz stays raw
         arrays = {"samples": samples.astype(np.float32)}
         conditions = experiment.sample_conditions
         if conditions is not None:  # which prompt / class each image answers, and the prompts

@@ -33,6 +33,7 @@ class StepConfig:
     weighting: Weighting = Weighting()  # loss weighting over noise levels
     time_sampling: TimeSampling = TimeSampling()  # how noise levels are drawn
     ema_decay: float = 0.9999
+    ema_warmup: bool = False  # the EMA decay ramps up with the step (see ema_decay_at)
     process: str = "ddpm"  # "ddpm": VP schedule; "flow": rectified flow
     conditioning: str = "none"  # none | class | text (see training/conditioning.py)
     cond_dropout: float = 0.0  # chance of the null condition per example (CFG training)
@@ -53,9 +54,25 @@ class FrozenInputs:
     autoencoder: dict | None = None
 
 
-def ema_update(ema_params, params, decay: float):
+def ema_update(ema_params, params, decay: float | jax.Array):
     """ema <- decay * ema + (1 - decay) * params."""
     return jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema_params, params)
+
+
+def ema_decay_at(step: jax.Array, decay: float, warmup: bool) -> float | jax.Array:
+    """The EMA decay of the update made at `step` (the optimizer steps taken before it).
+
+    Without warm-up, `decay` itself (a constant, as before). With it, diffusers' `EMAModel.
+    get_decay` (training_utils.py; use_ema_warmup=False, update_after_step=0, min_decay=0):
+    0 at step 0 (the first update copies the params), then min(decay, (1 + s) / (10 + s)), so
+    the random init is forgotten within tens of steps. (k-diffusion's `EMAWarmup`, diffusers'
+    use_ema_warmup=True, is the power schedule 1 - (1 + s / inv_gamma) ** -power instead.)
+    A function of the state's step alone, traced: no recompile, and resumes stay exact.
+    """
+    if not warmup:
+        return decay
+    s = step.astype(jnp.float32)
+    return jnp.where(step > 0, jnp.minimum(decay, (1.0 + s) / (10.0 + s)), 0.0)
 
 
 def micro_batches(tree, steps: int, batch_sharding: jax.sharding.NamedSharding | None = None):
@@ -183,12 +200,13 @@ def train_step(
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     grad_norm = optax.tree.norm(grads)
+    ema_decay = ema_decay_at(state.step, config.ema_decay, config.ema_warmup)
     finite = jnp.isfinite(aux["loss"]) & jnp.isfinite(grad_norm)
     # A NaN / inf loss or gradient leaves params, EMA and optimizer state as they were; the step
     # still counts, so the data position and the RNG move on (the host applies the policy).
     params, ema_params, opt_state = keep_if(
         finite,
-        (params, ema_update(state.ema_params, params, config.ema_decay), opt_state),
+        (params, ema_update(state.ema_params, params, ema_decay), opt_state),
         (state.params, state.ema_params, state.opt_state),
     )
     new_state = state.replace(
@@ -200,6 +218,7 @@ def train_step(
         "param_norm": optax.tree.norm(params),
         "learning_rate": jnp.asarray(learning_rate_fn(state.step), jnp.float32),
         "nonfinite": 1.0 - finite.astype(jnp.float32),  # 1.0: this step's update was skipped
+        "ema_decay": jnp.asarray(ema_decay, jnp.float32),
     }
     return new_state, metrics
 

@@ -2,6 +2,7 @@ import jax.numpy as jnp
 import optax
 import pytest
 
+from configs import cifar_ddpm, cifar_dit, digits_ddpm, imagenet_latent_dit, sd_pretrained
 from training.optimizer import OptimizerConfig, learning_rate_schedule, make_optimizer
 
 
@@ -39,3 +40,12 @@ def test_gradients_are_clipped_to_the_global_norm():
 def test_bad_fields_are_named(field, value, match):
     with pytest.raises(ValueError, match=match):
         OptimizerConfig(**{field: value}).validate()
+
+
+def test_ema_warmup_is_on_except_in_the_paper_reproductions():
+    """DDPM (Ho et al. 2020) and DiT (Peebles & Xie 2023) keep a plain 0.9999 EMA from step 0."""
+    assert OptimizerConfig().ema_warmup
+    for module in (digits_ddpm, sd_pretrained):
+        assert module.get_config().optimizer.ema_warmup is True, module.__name__
+    for module in (cifar_ddpm, cifar_dit, imagenet_latent_dit):
+        assert module.get_config().optimizer.ema_warmup is False, module.__name__

@@ -3,12 +3,13 @@ import contextlib
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from sklearn.datasets import load_digits
 
 import sharding
 from diffusion import losses
-from training import loop
+from training import loop, train_step
 from training.experiment import build_experiment
 
 
@@ -140,3 +141,64 @@ def test_donate_state_frees_or_keeps_the_input_state(tiny_config, donate):
         assert not any(deleted)
         assert int(state.step) == 0  # the old state is still readable
         jax.tree.map(np.asarray, state)
+
+
+def test_ema_warmup_decay_is_the_formula_and_diffusers_own():
+    """min(decay, (1 + s) / (10 + s)), 0 at s = 0: diffusers' EMAModel.get_decay at its
+    optimization_step s + 1 (its count includes the update being made; ours is state.step)."""
+    import torch  # noqa: PLC0415
+    from diffusers.training_utils import EMAModel  # noqa: PLC0415
+
+    steps = np.array([0, 1, 2, 9, 90, 1_000, 89_000, 91_000, 10**6])
+    for decay in (0.9999, 0.995, 0.0):
+        reference = EMAModel([torch.nn.Parameter(torch.zeros(1))], decay=decay)
+        warm = jax.jit(lambda s, d=decay: train_step.ema_decay_at(s, d, warmup=True))
+        got = np.array([float(warm(jnp.int32(s))) for s in steps])
+        formula = np.where(steps > 0, np.minimum(decay, (1 + steps) / (10 + steps)), 0.0)
+        np.testing.assert_allclose(got, formula, rtol=1e-6)
+        np.testing.assert_allclose(got, [reference.get_decay(s + 1) for s in steps], rtol=1e-6)
+        assert train_step.ema_decay_at(jnp.int32(5), decay, warmup=False) == decay
+
+
+def _run(step, state, experiment, batches):
+    """Steps through host `batches`; the final state and each step's EMA decay."""
+    metrics = []
+    for host in batches:
+        batch = sharding.host_batch_to_global(host, experiment.mesh)
+        state, m = step(state, batch, experiment.frozen)
+        metrics.append(float(m["ema_decay"]))
+    return state, metrics
+
+
+def _distance(a, b) -> float:
+    """Global L2 norm of the difference of two param trees."""
+    return float(optax.tree.norm(jax.tree.map(jnp.subtract, a, b)))
+
+
+def test_ema_warmup_tracks_the_params_and_resumes_bit_exact(tiny_config):
+    """Six steps with warm-up leave the EMA near the params (decays 0, 2/11, ..., 6/15), without
+    it (0.995 from step 0) near the init; the decay is read from the state's step inside one
+    compiled step, so a restart (a freshly jitted step) at step 3 continues bit-exactly."""
+    digits = _digits_batch(64)
+    batches = [{k: v[8 * i : 8 * i + 16] for k, v in digits.items()} for i in range(6)]
+    tiny_config.optimizer.learning_rate = 1e-3
+    tiny_config.optimizer.ema_warmup = True
+    with _smallest_step(tiny_config) as (experiment, state, step):
+        init = jax.device_get(state.params)
+        fresh, shardings = loop.create_state(experiment, seed=0)
+        whole, decays = _run(step, state, experiment, batches)
+        assert step._cache_size() == 1  # one compile for every step value
+        half, _ = _run(step, fresh, experiment, batches[:3])
+        half = jax.device_put(jax.device_get(half), shardings)  # as a restore puts it back
+        restarted = loop.make_train_step(experiment, shardings)
+        resumed, _ = _run(restarted, half, experiment, batches[3:])
+    np.testing.assert_allclose(decays, [0, 2 / 11, 3 / 12, 4 / 13, 5 / 14, 6 / 15], rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(whole), jax.tree.leaves(resumed), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert _distance(whole.ema_params, whole.params) < 0.5 * _distance(whole.params, init)
+
+    tiny_config.optimizer.ema_warmup = False
+    with _smallest_step(tiny_config) as (experiment, state, step):
+        plain, decays = _run(step, state, experiment, batches)
+    np.testing.assert_allclose(decays, [0.995] * 6, rtol=1e-6)
+    assert _distance(plain.ema_params, init) < 0.05 * _distance(plain.params, init)

@@ -6,8 +6,6 @@ training package. No training logic lives here.
 
 from __future__ import annotations
 
-import os
-
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -91,11 +89,9 @@ def main(argv: list[str]) -> None:
     distributed = distributed_args(
         FLAGS.multihost, FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id
     )
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import tensorflow as tf  # noqa: PLC0415 (only to hide accelerators from tf.data)
+    from input_pipeline.tf_devices import hide_accelerators_from_tensorflow  # noqa: PLC0415
 
-    tf.config.set_visible_devices([], "GPU")
-    tf.config.set_visible_devices([], "TPU")
+    hide_accelerators_from_tensorflow()  # before tf.data or tfds can claim GPU memory
     import jax  # noqa: PLC0415
 
     if distributed is not None:

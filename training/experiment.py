@@ -137,18 +137,27 @@ def build_experiment(
         initial_params_fn=pretrained.initial_params_fn(
             run.init_from, run.pretrained.path, run.model
         ),
-        sample_conditions=conditioning.sample_conditions(
-            cond.kind,
-            per_prompt=sampler.num_samples,
-            prompts=sampler.prompts,
-            negative_prompt=sampler.negative_prompt,
-            class_labels=sampler.class_labels,
-            num_classes=num_classes,
-            default_prompts=(
-                captions.class_prompts(data.name) if data.name in captions.CAPTIONS else ()
-            ),
-            encoder=encoder,
+        sample_conditions=make_sample_conditions(run, sampler, num_classes, encoder),
+    )
+
+
+def make_sample_conditions(
+    run: RunConfig, sampler: SamplerConfig, num_classes: int, encoder: Any
+) -> SampleConditions | None:
+    """What `sampler` draws for this run: its prompts / class labels (default: one per class of
+    the data's captions) and negative prompt, encoded once on the host; None if unconditional."""
+    data = run.data
+    return conditioning.sample_conditions(
+        run.conditioning.kind,
+        per_prompt=sampler.num_samples,
+        prompts=sampler.prompts,
+        negative_prompt=sampler.negative_prompt,
+        class_labels=sampler.class_labels,
+        num_classes=num_classes,
+        default_prompts=(
+            captions.class_prompts(data.name) if data.name in captions.CAPTIONS else ()
         ),
+        encoder=encoder,
     )
 
 

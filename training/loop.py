@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import ml_collections
@@ -220,104 +220,174 @@ def _train(
     watcher: preemption.PreemptionWatcher,
 ) -> TrainState:
     """train_and_evaluate's body: build, restore, then the step loop until the end or SIGTERM."""
-    checkpointing.validate_workdir(workdir)  # created if missing; ConfigError if unwritable
-    experiment = build_experiment(config)  # all validation happens here, before any compile
-    config = experiment.run  # the typed run config, built once
-    pipeline.require_data(experiment.data)  # a dataset missing from data.data_dir, before init
-    extra = getattr(config.model, "in_channels", 0) - getattr(config.model, "out_channels", 0)
+    trainer = Trainer(config, workdir)
+    config = trainer.run
+    if trainer.step >= config.num_train_steps:
+        logging.info(
+            "Resumed at step %d of num_train_steps=%d; nothing to do (raise num_train_steps to "
+            "train on)",
+            trainer.step,
+            config.num_train_steps,
+        )
+    trainer.train_to(config.num_train_steps, watcher)
+    trainer.close()  # async saves, the final one included
+    experiment = trainer.experiment
+    if experiment.step_config.autoencoder is not None and trainer.step == config.num_train_steps:
+        path = autoencoder_run.export(experiment, trainer.state.ema_params, workdir)
+        logging.info("Exported the autoencoder (EMA params, diffusers format) to %s", path)
+    return trainer.state
+
+
+class Trainer:
+    """A run being trained: experiment, state, data, writer and checkpoints, built once.
+
+    `train_to(step)` runs the step loop: main.py to num_train_steps, the notebook API a few
+    steps at a time (the data iterator, compiled step and metric history carry over)."""
+
+    def __init__(self, config: RunConfig | ml_collections.ConfigDict, workdir: str):
+        checkpointing.validate_workdir(workdir)  # created if missing; ConfigError if unwritable
+        experiment = build_experiment(config)  # all validation happens here, before any compile
+        run = experiment.run  # the typed run config, built once
+        pipeline.require_data(experiment.data)  # a dataset missing from data.data_dir, before init
+        _refuse_inpainting_training(run)
+        mesh = experiment.mesh
+        logging.info("Mesh %s over %d devices", dict(mesh.shape), mesh.devices.size)
+        self.experiment, self.run, self.workdir = experiment, run, workdir
+        self.writer = metric_writers.create_default_writer(
+            workdir, just_logging=jax.process_index() > 0, asynchronous=True
+        )
+        self.manager = checkpointing.make_manager(workdir, run.max_checkpoints_to_keep)
+        self.state, self.shardings = init_or_restore(experiment, self.manager, run.seed)
+        self.step = int(jax.device_get(self.state.step))  # host-side copy: no device sync
+        self.start_step = self.step
+        if self.step == 0:
+            self.writer.write_hparams(flatten_config(run.to_configdict()))
+            logging.info("Fresh run in %s: starting at step 0 of %d", workdir, run.num_train_steps)
+        else:
+            logging.info("Resumed %s at step %d of %d", workdir, self.step, run.num_train_steps)
+        self.history: list[dict[str, float]] = []  # every logged summary, with its "step"
+        self._train_step = make_train_step(experiment, self.shardings)
+        self.sample_fn = experiment_sample_fn(experiment, self.shardings.ema_params)
+        self._evaluate = None
+        if experiment.step_config.autoencoder is not None:  # reconstruction PSNR, held out
+            self._evaluate = autoencoder_run.reconstruction_metrics_fn(experiment)
+        elif run.eval_every_steps:  # reference statistics read (or made once), chain compiled
+            from training.evaluator import InLoopEvaluator  # noqa: PLC0415 (only when evaluating)
+
+            self._evaluate = InLoopEvaluator(experiment, self.shardings.ema_params)
+        self._batches = None  # made on the first train_to, at the step the state is at
+        self._guard = nonfinite.NonFiniteGuard(run.training.nonfinite_policy, self.manager)
+
+    def _batch_iterator(self):
+        experiment, run = self.experiment, self.run
+        batches = pipeline.create_train_iterator(
+            experiment.data,
+            per_process_batch_size=run.batch_size // jax.process_count(),
+            seed=run.seed,
+            process_index=jax.process_index(),
+            process_count=jax.process_count(),
+            start_step=self.step,
+        )
+        return device_prefetch.prefetch_to_device(
+            batches, experiment.data.device_prefetch, functools.partial(_to_device, experiment)
+        )
+
+    def train_to(
+        self,
+        target_step: int,
+        watcher: preemption.PreemptionWatcher | None = None,
+        on_step: Callable[[int, dict[str, float] | None], None] | None = None,
+    ) -> list[dict[str, float]]:
+        """Steps until `target_step` (or a SIGTERM seen by `watcher`); the summaries logged.
+
+        Scalars are written every log_every_steps and at `target_step`; checkpoints every
+        checkpoint_every_steps and at num_train_steps (or on preemption); sample grids and
+        evaluations at their cadences. `on_step(step, summary or None)` follows progress."""
+        run = self.run
+        if self._batches is None:
+            self._batches = self._batch_iterator()
+        # Progress/ETA log lines; the scalar steps/s below excludes sampling and checkpoint time.
+        report = periodic_actions.ReportProgress(num_train_steps=target_step, every_secs=60)
+        pending: list[tuple[int, dict[str, jax.Array]]] = []  # (step, metrics) not yet fetched
+        logged: list[dict[str, float]] = []
+        interval_start, interval_steps = time.perf_counter(), 0
+        for step in range(self.step + 1, target_step + 1):
+            with jax.profiler.StepTraceAnnotation("train", step_num=step):
+                batch = next(self._batches)  # put on the devices data.device_prefetch ahead
+                self.state, metrics = self._train_step(self.state, batch, self.experiment.frozen)
+            self.step = step
+            pending.append((step, metrics))
+            interval_steps += 1
+            report(step)
+            preempted = watcher is not None and watcher.should_stop(step)  # host flag, no sync
+            is_last = step == run.num_train_steps
+            summary = None
+            if step % run.log_every_steps == 0 or step == target_step or is_last or preempted:
+                summary = summarize(pending, self._guard)  # 'stop' raises on a non-finite step
+                elapsed = time.perf_counter() - interval_start
+                summary["steps_per_sec"] = interval_steps / elapsed
+                summary["examples_per_sec"] = interval_steps * run.batch_size / elapsed
+                self.writer.write_scalars(step, summary)
+                logged.append({"step": step, **summary})
+                pending, interval_start, interval_steps = [], time.perf_counter(), 0
+            if step % run.checkpoint_every_steps == 0 or is_last or preempted:
+                paused = time.perf_counter()
+                with report.timed("checkpoint"):
+                    self.save(force=is_last or preempted, pending=pending)
+                interval_start += time.perf_counter() - paused
+            if preempted:
+                self.manager.wait_until_finished()
+                logging.warning(
+                    "Preempted: saved checkpoint at step %d in %s", step, self.manager.directory
+                )
+                break
+            paused = time.perf_counter()
+            self._periodic_outputs(step, is_last, report)
+            interval_start += time.perf_counter() - paused
+            if on_step is not None:
+                on_step(step, summary)
+        self.history.extend(logged)
+        return logged
+
+    def _periodic_outputs(self, step: int, is_last: bool, report) -> None:
+        """The sample grid and the evaluation, when their cadence (or the last step) says so."""
+        run = self.run
+        if run.sample_every_steps and (step % run.sample_every_steps == 0 or is_last):
+            with report.timed("sample"):
+                write_sample_grid(
+                    self.writer,
+                    self.sample_fn,
+                    self.state,
+                    step,
+                    self.workdir,
+                    run.seed,
+                    grid_rows(self.experiment),
+                    grid_labels(self.experiment),
+                )
+        every = run.eval_every_steps or run.sample_every_steps
+        if self._evaluate is not None and every and (step % every == 0 or is_last):
+            with report.timed("eval"):
+                self.writer.write_scalars(step, self._evaluate(self.state.ema_params))
+
+    def save(self, force: bool = True, pending=()) -> bool:
+        """Checkpoints the current state (`force`: even off the checkpoint cadence); never after
+        a non-finite step under nonfinite_policy='stop'."""
+        self._guard.check_before_save(list(pending))
+        return checkpointing.save(self.manager, self.state, force=force)
+
+    def close(self) -> None:
+        """Waits for asynchronous checkpoint saves and flushes the metric writer."""
+        self.manager.wait_until_finished()
+        self.writer.flush()
+
+
+def _refuse_inpainting_training(run: RunConfig) -> None:
+    """ConfigError for a 9-channel inpainting U-Net: training it needs masks with the data."""
+    extra = getattr(run.model, "in_channels", 0) - getattr(run.model, "out_channels", 0)
     if extra:
         raise ConfigError(
-            f"pretrained.path={config.pretrained.path!r} is an inpainting U-Net ({extra} extra "
+            f"pretrained.path={run.pretrained.path!r} is an inpainting U-Net ({extra} extra "
             "input channels: mask + masked image); training it needs masks with the data, which "
             "is not supported. Sample it (--mode=sample with sampler.init_image / sampler.mask) "
             "or fine-tune a text-to-image pipeline."
         )
-    mesh = experiment.mesh
-    logging.info("Mesh %s over %d devices", dict(mesh.shape), mesh.devices.size)
-    writer = metric_writers.create_default_writer(
-        workdir, just_logging=jax.process_index() > 0, asynchronous=True
-    )
-    manager = checkpointing.make_manager(workdir, config.max_checkpoints_to_keep)
-    state, shardings = init_or_restore(experiment, manager, config.seed)
-    start_step = int(jax.device_get(state.step))
-    if start_step == 0:
-        writer.write_hparams(flatten_config(config.to_configdict()))
-    logging.info("Starting at step %d of %d", start_step, config.num_train_steps)
-
-    train_step = make_train_step(experiment, shardings)
-    sample_fn = experiment_sample_fn(experiment, shardings.ema_params)
-    evaluate = None
-    if experiment.step_config.autoencoder is not None:  # reconstruction PSNR on held-out images
-        evaluate = autoencoder_run.reconstruction_metrics_fn(experiment)
-    elif config.eval_every_steps:  # reference statistics read (or made once), chain compiled
-        from training.evaluator import InLoopEvaluator  # noqa: PLC0415 (only when evaluating)
-
-        evaluate = InLoopEvaluator(experiment, shardings.ema_params)
-    batches = pipeline.create_train_iterator(
-        experiment.data,
-        per_process_batch_size=config.batch_size // jax.process_count(),
-        seed=config.seed,
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
-        start_step=start_step,
-    )
-    # Progress/ETA log lines; the scalar steps/s below excludes sampling and checkpoint time.
-    report = periodic_actions.ReportProgress(num_train_steps=config.num_train_steps, every_secs=60)
-    batches = device_prefetch.prefetch_to_device(
-        batches, experiment.data.device_prefetch, functools.partial(_to_device, experiment)
-    )
-    guard = nonfinite.NonFiniteGuard(config.training.nonfinite_policy, manager)
-    pending: list[tuple[int, dict[str, jax.Array]]] = []  # (step, metrics) not yet fetched
-    interval_start, interval_steps = time.perf_counter(), 0
-    for step in range(start_step + 1, config.num_train_steps + 1):
-        with jax.profiler.StepTraceAnnotation("train", step_num=step):
-            batch = next(batches)  # put on the devices data.device_prefetch steps ahead
-            state, metrics = train_step(state, batch, experiment.frozen)
-        pending.append((step, metrics))
-        interval_steps += 1
-        report(step)
-        preempted = watcher.should_stop(step)  # a host-side flag: no device sync
-        is_last = step == config.num_train_steps
-        if step % config.log_every_steps == 0 or is_last or preempted:
-            summary = summarize(pending, guard)  # 'stop' raises here on a non-finite step
-            elapsed = time.perf_counter() - interval_start
-            summary["steps_per_sec"] = interval_steps / elapsed
-            summary["examples_per_sec"] = interval_steps * config.batch_size / elapsed
-            writer.write_scalars(step, summary)
-            pending, interval_start, interval_steps = [], time.perf_counter(), 0
-        if step % config.checkpoint_every_steps == 0 or is_last or preempted:
-            guard.check_before_save(pending)  # never checkpoint after a bad step ('stop')
-            paused = time.perf_counter()
-            with report.timed("checkpoint"):
-                checkpointing.save(manager, state, force=is_last or preempted)
-            interval_start += time.perf_counter() - paused
-        if preempted:
-            manager.wait_until_finished()
-            logging.warning("Preempted: saved checkpoint at step %d in %s", step, manager.directory)
-            break
-        if config.sample_every_steps and (step % config.sample_every_steps == 0 or is_last):
-            paused = time.perf_counter()
-            with report.timed("sample"):
-                write_sample_grid(
-                    writer,
-                    sample_fn,
-                    state,
-                    step,
-                    workdir,
-                    config.seed,
-                    grid_rows(experiment),
-                    grid_labels(experiment),
-                )
-            interval_start += time.perf_counter() - paused
-        every = config.eval_every_steps or config.sample_every_steps
-        if evaluate is not None and every and (step % every == 0 or is_last):
-            paused = time.perf_counter()
-            with report.timed("eval"):
-                writer.write_scalars(step, evaluate(state.ema_params))
-            interval_start += time.perf_counter() - paused
-    manager.wait_until_finished()  # async saves, the final one included
-    if experiment.step_config.autoencoder is not None and int(state.step) == config.num_train_steps:
-        path = autoencoder_run.export(experiment, state.ema_params, workdir)
-        logging.info("Exported the autoencoder (EMA params, diffusers format) to %s", path)
-    writer.flush()
-    return state

@@ -330,10 +330,12 @@ def make_sample_fn(
         key: jax.Array,
         num_steps: int | None = None,
         guidance_scale: float | None = None,
+        conditions: SampleConditions | None = None,
     ) -> np.ndarray:
         """Samples with `num_steps` (default sampler.num_steps; with sampler.max_steps set, every
-        count up to it reuses one compiled chain) and `guidance_scale` (default the config's)."""
-        images = sample_on_device(params, key, num_steps, guidance_scale)
+        count up to it reuses one compiled chain), `guidance_scale` (default the config's) and
+        `conditions` (default the build-time ones; as many rows, so no recompile)."""
+        images = sample_on_device(params, key, num_steps, guidance_scale, conditions)
         images = multihost_utils.process_allgather(images, tiled=True)
         # The data range is [-1, 1]; the last step can overshoot it by float rounding.
         return np.clip(np.asarray(images)[:total], -1.0, 1.0)

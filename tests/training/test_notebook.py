@@ -128,3 +128,13 @@ def test_a_new_run_on_the_workdir_resumes_and_train_goes_on(trained, caplog):
     assert [entry["step"] for entry in more] == [6]
     assert again.save() == 6
     assert "6" in os.listdir(os.path.join(workdir, "checkpoints"))
+
+
+@pytest.mark.slow
+def test_evaluate_scores_the_requested_number_of_samples(trained):
+    run, _, _ = trained
+    ema = run.evaluate(num_samples=32)
+    assert ema["eval/num_samples"] == 32 and ema["eval/num_reference"] == 1797
+    assert np.isfinite(ema["eval/fid"]) and ema["eval/fid"] > 0
+    current = run.evaluate(num_samples=32, params="current")
+    assert current["eval/fid"] != ema["eval/fid"]  # other parameters, other samples

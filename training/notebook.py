@@ -187,6 +187,14 @@ class Run:
         if class_labels is not None:
             labels = class_labels if isinstance(class_labels, str) else map(str, class_labels)
             fields["class_labels"] = labels if isinstance(labels, str) else ",".join(labels)
+        kind = self.config.conditioning.kind
+        conditioning_fields = ("prompts", "negative_prompt", "class_labels")
+        asked = [name for name in conditioning_fields if fields.get(name)]
+        if kind == "none" and asked:
+            raise ConfigError(
+                f"{', '.join(asked)} given, but conditioning.kind='none': this model is "
+                "unconditional (no prompts or class labels to follow)."
+            )
         settings = self._sampler_settings(fields)
         if params not in ("ema", "current"):
             raise ValueError(f'params={params!r} must be "ema" or "current".')

@@ -138,3 +138,12 @@ def test_evaluate_scores_the_requested_number_of_samples(trained):
     assert np.isfinite(ema["eval/fid"]) and ema["eval/fid"] > 0
     current = run.evaluate(num_samples=32, params="current")
     assert current["eval/fid"] != ema["eval/fid"]  # other parameters, other samples
+
+
+@pytest.mark.slow
+def test_prompts_for_an_unconditional_model_are_refused_by_name(tmp_path, fast_compiles):
+    config = digits_tiny.get_config()
+    config.num_train_steps = 0
+    run = Run(config, str(tmp_path / "run"))
+    with pytest.raises(ConfigError, match="prompts given, but conditioning.kind='none'"):
+        run.sample(prompts=["a seven"])

@@ -9,7 +9,7 @@ from __future__ import annotations
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-MODES = ("train", "sample", "eval", "eval_stats", "export")
+MODES = ("train", "sample", "eval", "eval_stats", "export", "compile")
 
 FLAGS = flags.FLAGS
 # Unknown --config.x=y keys are let through here so that RunConfig refuses them like every other
@@ -102,6 +102,15 @@ def main(argv: list[str]) -> None:
     from training import compilation_cache, eval_run, export_run, loop, sample_run  # noqa: PLC0415
     from training.run_config import RunConfig  # noqa: PLC0415
 
+    if FLAGS.mode == "compile":  # checked against the TPU slice's devices, not this host's
+        from training import compile_run  # noqa: PLC0415 (needs libtpu, only here)
+
+        try:
+            compile_run.compile_for_topology(FLAGS.config, FLAGS.workdir)
+        except compile_run.DoesNotFitError as error:
+            logging.error("%s", error)
+            raise SystemExit(2) from None
+        return
     # The whole config, typed and checked once (ConfigError naming the field), before anything
     # compiles: JAX decides once per process whether the compilation cache is used.
     run = RunConfig.from_configdict(FLAGS.config)

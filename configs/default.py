@@ -263,6 +263,13 @@ def get_config() -> ml_collections.ConfigDict:
     # Output directory of --mode=export: a diffusers StableDiffusionPipeline (the EMA U-Net, the
     # frozen VAE, text encoder and tokenizer, a DDIM scheduler config); must not exist.
     config.export.path = ""
+
+    # --- --mode=compile (a TPU slice, no TPU needed): compile.* -----------------------------------
+    config.compile = ml_collections.ConfigDict()
+    # JAX topology ('v5e:4x4', 'v4:2x2x4', 'v5p:4x4x4', 'v6e:2x4') or Cloud slice name ('v5e-64',
+    # 'v4-32', 'v5p-128').
+    config.compile.topology = "v5e:2x2"
+    config.compile.num_slices = 1  # Slices joined over the data-centre network (multi-slice).
     return config
 
 
@@ -298,8 +305,9 @@ def unet_model() -> ml_collections.ConfigDict:
     # schedule, the loss and the samplers stay float32.
     model.dtype = "float32"
     model.remat = False  # Recompute each block's activations in the backward pass.
-    # Attention kernel: None lets JAX choose, 'xla', or 'cudnn' (fused flash attention: GPU only,
-    # model.dtype 'bfloat16').
+    # Attention kernel: None lets JAX choose, 'xla', 'cudnn' (fused flash attention: GPU only,
+    # model.dtype 'bfloat16') or 'pallas_tpu' (JAX's Pallas flash-attention kernel: TPU only;
+    # models/flash_attention.py).
     model.attention_impl = ml_collections.config_dict.placeholder(str)
     # 'xla': lax convolutions. 'dots': 1x1 convs and the 3x3 kernel gradients at >= 32x32 as matmuls
     # (models/conv.py), faster on CPU; keep 'xla' on GPU / TPU.
@@ -327,7 +335,8 @@ def dit_model() -> ml_collections.ConfigDict:
     model.remat = False  # Recompute each block's activations in the backward pass.
     model.dropout = 0.0  # On the attention and MLP outputs (training only).
     model.dtype = "float32"  # 'bfloat16': the network computes in bf16 (state stays fp32).
-    # Attention kernel: None lets JAX choose, 'xla', or 'cudnn' (GPU + bfloat16).
+    # Attention kernel: None lets JAX choose, 'xla', 'cudnn' (GPU + bfloat16) or 'pallas_tpu'
+    # (Pallas flash attention: TPU only).
     model.attention_impl = ml_collections.config_dict.placeholder(str)
     return model
 

@@ -33,6 +33,7 @@ from training.latent import LatentConfig
 from training.optimizer import OptimizerConfig
 from training.pretrained import PretrainedConfig
 from training.sampling import SamplerConfig
+from training.tpu_topologies import CompileConfig
 
 MAX_TIMESTEPS = 100_000  # the schedule is built whole on the host
 NONFINITE_POLICIES = ("skip", "stop")  # training.nonfinite_policy (see training/loop.py)
@@ -241,6 +242,7 @@ class RunConfig:
     autoencoder: LatentConfig = field(LatentConfig(), "Latent diffusion (a frozen autoencoder)")
     pretrained: PretrainedConfig = field(PretrainedConfig(), "A pretrained Stable Diffusion")
     export: ExportConfig = field(ExportConfig(), "--mode=export")
+    compile: CompileConfig = field(CompileConfig(), "--mode=compile (a TPU slice, no TPU needed)")
 
     def validate(self) -> None:
         """The run-level fields on their own (cross-section checks: config_checks)."""
@@ -331,4 +333,5 @@ SECTIONS: dict[str, type] = {
     "autoencoder": LatentConfig,
     "pretrained": PretrainedConfig,
     "export": ExportConfig,
+    "compile": CompileConfig,
 }

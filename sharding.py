@@ -257,7 +257,25 @@ def activation_constraints(mesh: Mesh, sequence_parallel: bool = False):
             return x
         return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
 
+    def whole_elsewhere(shape, names) -> PartitionSpec:  # the rules' split; other axes whole
+        spec = activation_spec(tuple(shape), names, mesh, rules)
+        return PartitionSpec(*(None if a is PartitionSpec.UNCONSTRAINED else a for a in spec))
+
+    def per_device(fn, in_names, out_names):
+        def mapped(*args):
+            in_specs = tuple(
+                None if a is None else whole_elsewhere(a.shape, names)
+                for a, names in zip(args, in_names, strict=True)
+            )
+            out_specs = whole_elsewhere(jax.eval_shape(fn, *args).shape, out_names)
+            # check_vma=False: Pallas kernels carry no varying-manual-axes rule.
+            return jax.shard_map(
+                fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False
+            )(*args)
+
+        return mapped
+
     split_counts = {
         name: int(np.prod([mesh.shape[axis] for axis in axes])) for name, axes in rules.items()
     }
-    return logical.resolving(resolve, split_counts)
+    return logical.resolving(resolve, split_counts, per_device)

@@ -41,7 +41,9 @@ class DiTConfig:
     dropout: float = field(0.0, "On the attention and MLP outputs (training only).")
     dtype: str = field("float32", "'bfloat16': the network computes in bf16 (state stays fp32).")
     attention_impl: str | None = field(
-        None, "Attention kernel: None lets JAX choose, 'xla', or 'cudnn' (GPU + bfloat16)."
+        None,
+        "Attention kernel: None lets JAX choose, 'xla', 'cudnn' (GPU + bfloat16) or 'pallas_tpu' "
+        "(Pallas flash attention: TPU only).",
     )
 
     @property

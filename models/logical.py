@@ -22,12 +22,17 @@ import jax
 
 AxisNames = tuple[str | None, ...]
 Resolver = Callable[[jax.Array, AxisNames], jax.Array]
+# (fn, one AxisNames per argument, the output's AxisNames) -> fn run on each device's blocks.
+PerDevice = Callable[[Callable[..., jax.Array], tuple[AxisNames, ...], AxisNames], Callable]
 
 _resolver: contextvars.ContextVar[Resolver | None] = contextvars.ContextVar(
     "activation_resolver", default=None
 )
 _split_counts: contextvars.ContextVar[dict[str, int] | None] = contextvars.ContextVar(
     "activation_split_counts", default=None
+)
+_per_device: contextvars.ContextVar[PerDevice | None] = contextvars.ContextVar(
+    "activation_per_device", default=None
 )
 
 
@@ -47,14 +52,31 @@ def split_count(name: str, size: int) -> int:
     return count if size % count == 0 else 1
 
 
+def per_device(
+    fn: Callable[..., jax.Array], in_names: tuple[AxisNames, ...], out_names: AxisNames
+) -> Callable[..., jax.Array]:
+    """`fn` applied to each device's block of its array arguments (their axes named by
+    `in_names`, one tuple per argument; the output's by `out_names`), for kernels XLA cannot
+    partition (Pallas). Axes the caller's mesh splits are split; every other axis arrives whole.
+    `fn` itself outside `resolving`."""
+    mapper = _per_device.get()
+    return fn if mapper is None else mapper(fn, in_names, out_names)
+
+
 @contextlib.contextmanager
-def resolving(resolver: Resolver, split_counts: dict[str, int] | None = None) -> Iterator[None]:
-    """Within the block, `constrain(x, names)` returns `resolver(x, names)` and `split_count`
-    reads `split_counts` (set while tracing)."""
+def resolving(
+    resolver: Resolver,
+    split_counts: dict[str, int] | None = None,
+    per_device_map: PerDevice | None = None,
+) -> Iterator[None]:
+    """Within the block, `constrain(x, names)` returns `resolver(x, names)`, `split_count`
+    reads `split_counts` and `per_device` uses `per_device_map` (set while tracing)."""
     token = _resolver.set(resolver)
     counts_token = _split_counts.set(dict(split_counts or {}))
+    per_device_token = _per_device.set(per_device_map)
     try:
         yield
     finally:
+        _per_device.reset(per_device_token)
         _split_counts.reset(counts_token)
         _resolver.reset(token)

@@ -132,8 +132,9 @@ class UNetConfig:
     remat: bool = field(False, "Recompute each block's activations in the backward pass.")
     attention_impl: str | None = field(
         None,
-        "Attention kernel: None lets JAX choose, 'xla', or 'cudnn' (fused flash attention: GPU "
-        "only, model.dtype 'bfloat16').",
+        "Attention kernel: None lets JAX choose, 'xla', 'cudnn' (fused flash attention: GPU "
+        "only, model.dtype 'bfloat16') or 'pallas_tpu' (JAX's Pallas flash-attention kernel: "
+        "TPU only; models/flash_attention.py).",
     )
     conv_impl: str = field(
         "xla",

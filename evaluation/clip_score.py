@@ -26,11 +26,11 @@ import functools
 import json
 import os
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+from etils.epath import Path
 
 from models.text_encoders import clip, clip_vision, load_text_encoder, weights
 from models.text_encoders.encoder import TextEncoder

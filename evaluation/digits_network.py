@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import hashlib
 import os
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils.epath import Path
 from flax import nnx
 
+import paths
 from evaluation.feature_network import FeatureNetwork, Params
 from input_pipeline import digits
 
@@ -109,21 +110,18 @@ def train(seed: int = 0, steps: int = 3000, learning_rate: float = 1e-3) -> Para
 
 def save(params: Params, path: str | os.PathLike) -> None:
     """Writes the parameters as safetensors ("hidden.kernel", ...)."""
-    from safetensors.numpy import save_file  # noqa: PLC0415
-
     flat = {
         f"{layer}.{name}": np.asarray(value)
         for layer, leaves in params.items()
         for name, value in leaves.items()
     }
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    save_file(flat, str(path))
+    if not paths.is_remote(path):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    paths.save_safetensors(flat, path)
 
 
 def load(path: str | os.PathLike = DEFAULT_WEIGHTS) -> FeatureNetwork:
     """The digits FeatureNetwork from its safetensors file (features 64-d, 10 classes)."""
-    from safetensors.numpy import load_file  # noqa: PLC0415
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(
@@ -134,7 +132,7 @@ def load(path: str | os.PathLike = DEFAULT_WEIGHTS) -> FeatureNetwork:
         lambda leaf: leaf.shape,
         nnx.to_pure_dict(nnx.state(nnx.eval_shape(lambda: DigitsMLP(rngs=nnx.Rngs(0))))),
     )
-    tensors = load_file(str(path))
+    tensors = paths.read_safetensors(path)
     params: Params = {}
     for layer, leaves in expected.items():
         for name, shape in leaves.items():

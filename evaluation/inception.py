@@ -20,12 +20,12 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
-from pathlib import Path
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils.epath import Path
 from flax import nnx
 
 from evaluation import inception_weights

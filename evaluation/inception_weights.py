@@ -20,14 +20,15 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
+from etils.epath import Path
 from flax import traverse_util
 from safetensors import SafetensorError
-from safetensors.numpy import load_file, save_file
+
+import paths
 
 Params = dict[str, Any]
 
@@ -120,7 +121,7 @@ def read_params(path: str | os.PathLike, abstract_params: Params) -> Params:
             f"checkpoints (.pth) are never read at runtime. {HOW_TO_GET}"
         )
     try:
-        tensors = load_file(path)
+        tensors = paths.read_safetensors(path)
     except SafetensorError as error:
         raise ValueError(
             f"{str(path)!r} could not be read as safetensors ({error}). {HOW_TO_GET}"
@@ -154,8 +155,9 @@ def convert(
         if not name.endswith(_IGNORED_SUFFIX)
     }
     check_tensors({name: t.shape for name, t in tensors.items()}, abstract_params, torch_weights)
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    save_file({name: np.ascontiguousarray(t) for name, t in tensors.items()}, str(out))
+    if not paths.is_remote(out):
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+    paths.save_safetensors({name: np.ascontiguousarray(t) for name, t in tensors.items()}, out)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -13,13 +13,15 @@ Inception Score need, up to a cap.
 from __future__ import annotations
 
 import dataclasses
-import os
+import io
 import types
 from collections.abc import Mapping
 
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
+
+import paths
 
 FORMAT_VERSION = 1  # stored in every statistics file as `format_version`
 _META_PREFIX = "meta_"  # metadata key k is stored as the 0-d string array `meta_k`
@@ -113,7 +115,8 @@ class FeatureStatistics:
         return (cov + cov.T) / 2
 
     def save(self, path: str) -> None:
-        """Writes these statistics to the .npz file `path` exactly (atomically, via a rename)."""
+        """Writes these statistics to the .npz file `path`, local or remote, exactly (atomically:
+        see paths.write_bytes)."""
         arrays = {
             "format_version": np.array(FORMAT_VERSION, dtype=np.int64),
             "count": np.array(self.count, dtype=np.int64),
@@ -121,16 +124,15 @@ class FeatureStatistics:
             "outer_sum": self.outer_sum,
         }
         arrays.update({_META_PREFIX + k: np.array(v) for k, v in self.metadata.items()})
-        tmp = f"{path}.tmp{os.getpid()}"
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
+        encoded = io.BytesIO()
+        np.savez(encoded, **arrays)
+        paths.write_bytes(path, encoded.getvalue())
 
     @classmethod
     def load(cls, path: str) -> FeatureStatistics:
         """Reads statistics written by `save`; a ValueError names the path and the bad field."""
         try:
-            data = np.load(path, allow_pickle=False)
+            data = np.load(paths.readable(path), allow_pickle=False)
         except (OSError, EOFError, ValueError) as e:
             raise ValueError(f"{path}: not a readable statistics .npz file ({e})") from e
         if not isinstance(data, np.lib.npyio.NpzFile):

@@ -42,6 +42,7 @@ import numpy as np
 from absl import logging
 from PIL import Image, ImageOps
 
+import paths
 from errors import ConfigError
 from input_pipeline import digits
 
@@ -59,7 +60,7 @@ class UnreadableImagesError(ValueError):
 class FolderIndex:
     """A folder's images in file order, with their labels and captions."""
 
-    root: str  # absolute path
+    root: str  # absolute local path, or a remote one ("gs://bucket/images") as given
     files: tuple[str, ...]  # image paths relative to root, '/'-separated, sorted
     classes: tuple[str, ...]  # class sub-folder names in label order; () when unlabelled
     labels: np.ndarray | None  # int32 [N]; None when unlabelled
@@ -72,8 +73,7 @@ class FolderIndex:
         if text is not None:
             return text
         stem = posixpath.splitext(self.files[index])[0]
-        with open(os.path.join(self.root, stem + ".txt"), encoding="utf-8") as file:
-            return file.read().strip()
+        return paths.as_path(f"{self.root}/{stem}.txt").read_text(encoding="utf-8").strip()
 
 
 def _quote(names: Sequence[str]) -> str:
@@ -89,16 +89,15 @@ def scan_folder(data_dir: str, num_classes: int = 0, text_key: str = "") -> Fold
       ConfigError naming data.data_dir (missing, empty, no images, captions missing) or
       data.num_classes (not the number of class sub-folders).
     """
-    root = os.path.abspath(os.path.expanduser(data_dir))
+    root = paths.absolute(data_dir)
     where = f"data.data_dir={data_dir!r}"
-    if not os.path.isdir(root):
-        what = "is not a directory" if os.path.exists(root) else "does not exist"
+    if not paths.as_path(root).is_dir():
+        what = "is not a directory" if paths.as_path(root).exists() else "does not exist"
         raise ConfigError(f"{where} {what}; data.name='folder' reads its images from there.")
     files, texts, metadata = [], set(), []
-    for folder, subfolders, names in os.walk(root, followlinks=True):
+    for folder, subfolders, names in paths.walk(root):
         subfolders[:] = sorted(name for name in subfolders if not name.startswith("."))
-        prefix = os.path.relpath(folder, root).replace(os.sep, "/") + "/"
-        prefix = "" if prefix == "./" else prefix
+        prefix = folder + "/" if folder else ""
         for name in names:
             lower = name.lower()
             if name.startswith("."):
@@ -110,7 +109,7 @@ def scan_folder(data_dir: str, num_classes: int = 0, text_key: str = "") -> Fold
             elif name == METADATA:
                 metadata.append(prefix + name)
     if not files:
-        what = "is empty" if not os.listdir(root) else "holds no images"
+        what = "is empty" if not any(paths.as_path(root).iterdir()) else "holds no images"
         raise ConfigError(
             f"{where} {what}: data.name='folder' reads {', '.join(IMAGE_EXTENSIONS)} files "
             "(sub-folders included)."
@@ -151,23 +150,23 @@ def _captions(
     """Per image: its caption from a metadata.jsonl, or None when a .txt beside it has one."""
     from_metadata: dict[str, str] = {}
     for meta in metadata:
-        with open(os.path.join(root, meta), encoding="utf-8") as lines:
-            for number, line in enumerate(lines, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    entry = json.loads(line)
-                    name, text = entry["file_name"], entry[text_key]
-                except (json.JSONDecodeError, KeyError, TypeError) as err:
-                    raise ConfigError(
-                        f"{where}: {meta} line {number} is not a JSON object with 'file_name' "
-                        f"and data.text_key={text_key!r} ({type(err).__name__}: {err})."
-                    ) from err
-                if isinstance(text, list):  # several captions: the first, as for tfds
-                    text = text[0] if text else None
-                if text is not None:
-                    path = posixpath.normpath(posixpath.join(posixpath.dirname(meta), name))
-                    from_metadata[path] = str(text)
+        lines = paths.as_path(f"{root}/{meta}").read_text(encoding="utf-8").split("\n")
+        for number, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                entry = json.loads(line)
+                name, text = entry["file_name"], entry[text_key]
+            except (json.JSONDecodeError, KeyError, TypeError) as err:
+                raise ConfigError(
+                    f"{where}: {meta} line {number} is not a JSON object with 'file_name' "
+                    f"and data.text_key={text_key!r} ({type(err).__name__}: {err})."
+                ) from err
+            if isinstance(text, list):  # several captions: the first, as for tfds
+                text = text[0] if text else None
+            if text is not None:
+                path = posixpath.normpath(posixpath.join(posixpath.dirname(meta), name))
+                from_metadata[path] = str(text)
     captions: list[str | None] = []
     missing = []
     for file in files:
@@ -189,7 +188,7 @@ def _captions(
 def decode_image(path: str, image_size: int, channels: int) -> np.ndarray:
     """One file -> uint8 [S, S, C]: EXIF orientation applied, the centre square, Lanczos."""
     mode = "RGB" if channels == 3 else "L"
-    with Image.open(path) as image:
+    with Image.open(paths.readable(path)) as image:
         image.draft(mode, (2 * image_size, 2 * image_size))  # JPEG: decode at >= 2x the size
         image = ImageOps.exif_transpose(image).convert(mode)
     width, height = image.size
@@ -224,7 +223,7 @@ class FolderImages:
     def _read(self, i: int) -> np.ndarray | str:
         """File i decoded, or why it cannot be."""
         try:
-            path = os.path.join(self.index.root, self.index.files[i])
+            path = f"{self.index.root}/{self.index.files[i]}"
             return decode_image(path, self.image_size, self.channels)
         except Exception as err:  # Pillow: OSError, SyntaxError, struct.error, bombs, ...
             return f"{type(err).__name__}: {err}"

@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+import paths
+
 EMBEDDED_CONFIG = "configs/digits_ddpm.py"
 
 
@@ -21,17 +23,16 @@ class DatasetNotFoundError(FileNotFoundError):
 
 
 def resolve_data_dir(data_dir: str) -> str:
-    """`data.data_dir`, or tfds' default (TFDS_DATA_DIR or ~/tensorflow_datasets) when empty."""
+    """`data.data_dir` (made absolute when local; "gs://..." as given), or tfds' default
+    (TFDS_DATA_DIR or ~/tensorflow_datasets) when empty."""
     if data_dir:
-        return os.path.abspath(os.path.expanduser(data_dir))
+        return paths.absolute(data_dir)
     return os.environ.get("TFDS_DATA_DIR", os.path.expanduser("~/tensorflow_datasets"))
 
 
 def require_prepared(builder: Any, name: str, data_dir: str) -> None:
     """Fails fast, with the fix, when the dataset has not been downloaded and prepared."""
-    import tensorflow as tf  # noqa: PLC0415
-
-    if tf.io.gfile.exists(os.path.join(builder.data_path, "dataset_info.json")):
+    if (paths.as_path(builder.data_path) / "dataset_info.json").exists():
         return
     raise DatasetNotFoundError(
         f"The tfds dataset {name!r} is not prepared under data_dir={data_dir!r} (looked for "

@@ -14,12 +14,12 @@ from __future__ import annotations
 import json
 import os
 import re
-from pathlib import Path
 
 import jax.numpy as jnp
 import numpy as np
-from safetensors.numpy import load_file, save_file
+from etils.epath import Path
 
+import paths
 from errors import ConfigError
 from models.autoencoder import AutoencoderConfig, build_autoencoder
 from models.functional import Params, flatten, functionalize, unflatten
@@ -55,7 +55,7 @@ def load_autoencoder(directory: str | os.PathLike) -> tuple[AutoencoderConfig, P
         raise ConfigError(f"{str(config_path)!r}: {error}") from error
     weights_path = directory / WEIGHTS_FILE
     try:
-        return config, params_from_diffusers(load_file(weights_path), config)
+        return config, params_from_diffusers(paths.read_safetensors(weights_path), config)
     except ValueError as error:
         raise ValueError(
             f"{str(weights_path)!r} does not fit its {CONFIG_FILE}: {error}"
@@ -71,7 +71,7 @@ def save_autoencoder(
     directory.mkdir(parents=True, exist_ok=True)
     text = json.dumps(config.to_diffusers(), indent=2, sort_keys=True) + "\n"
     (directory / CONFIG_FILE).write_text(text)
-    save_file(tensors, directory / WEIGHTS_FILE, metadata={"format": "pt"})
+    paths.save_safetensors(tensors, directory / WEIGHTS_FILE, metadata={"format": "pt"})
     return directory
 
 

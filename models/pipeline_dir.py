@@ -13,8 +13,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from pathlib import Path
 from typing import Any
+
+from etils.epath import Path
 
 from errors import ConfigError
 

@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 
 import jax.numpy as jnp
 import numpy as np
-from safetensors.numpy import load_file, save_file
+from etils.epath import Path
 
+import paths
 from errors import ConfigError
 from models.autoencoder_weights import (
     CONFIG_FILE,
@@ -82,7 +82,7 @@ def load_unet(directory: str | os.PathLike) -> tuple[UNetConfig, Params]:
         raise ConfigError(f"{str(config_path)!r}: {error}") from error
     weights_path = directory / WEIGHTS_FILE
     try:
-        return config, params_from_diffusers(load_file(weights_path), config)
+        return config, params_from_diffusers(paths.read_safetensors(weights_path), config)
     except ValueError as error:
         raise ValueError(
             f"{str(weights_path)!r} does not fit its {CONFIG_FILE}: {error}"
@@ -97,7 +97,7 @@ def save_unet(directory: str | os.PathLike, config: UNetConfig, params: Params) 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     (directory / CONFIG_FILE).write_text(text)
-    save_file(tensors, directory / WEIGHTS_FILE, metadata={"format": "pt"})
+    paths.save_safetensors(tensors, directory / WEIGHTS_FILE, metadata={"format": "pt"})
     return directory
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import uuid
 
 import jax
 import numpy as np
@@ -16,6 +17,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 
 import errors
+import paths
 from training.train_state import TrainState
 
 MAX_LISTED = 5  # mismatching arrays spelled out in a shape-mismatch error
@@ -26,8 +28,9 @@ class CheckpointRestoreError(RuntimeError):
 
 
 def make_manager(workdir: str, max_to_keep: int) -> ocp.CheckpointManager:
-    """A CheckpointManager with async saves (waited for at exit) and atomic finalisation."""
-    directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+    """A CheckpointManager with async saves (waited for at exit) and atomic finalisation, in
+    `workdir`/checkpoints (local or remote, e.g. "gs://bucket/run")."""
+    directory = os.path.join(paths.absolute(workdir), "checkpoints")
     options = ocp.CheckpointManagerOptions(
         max_to_keep=max_to_keep,
         enable_async_checkpointing=True,
@@ -150,12 +153,14 @@ def check_compatible(saved_metadata, abstract_state: TrainState, step: int, dire
 def validate_workdir(workdir: str | os.PathLike) -> None:
     """Creates `workdir` if it is missing and checks that this process can write into it.
 
-    Remote paths ("gs://...") are left to Orbax and the metric writers.
+    A remote one ("gs://bucket/run") is checked by writing and deleting a small file in it, so a
+    missing bucket or permission fails here, before anything compiles.
     """
     path = os.fspath(workdir) if isinstance(workdir, str | os.PathLike) else None
     if not path or not path.strip():
         raise errors.ConfigError(f"--workdir={workdir!r} must name a directory.")
-    if "://" in path:
+    if paths.is_remote(path):
+        _probe_remote(path)
         return
     try:
         os.makedirs(path, exist_ok=True)
@@ -165,4 +170,18 @@ def validate_workdir(workdir: str | os.PathLike) -> None:
         raise errors.ConfigError(
             f"--workdir={path!r} is not a writable directory ({err.strerror or err}); allowed: "
             "a directory this process can create and write to."
+        ) from err
+
+
+def _probe_remote(workdir: str) -> None:
+    """Writes and deletes `<workdir>/.write_probe_<random>`; ConfigError when that fails."""
+    probe = paths.as_path(workdir) / f".write_probe_{uuid.uuid4().hex}"
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+    except Exception as err:  # gcsfs / gfile raise many kinds (auth, HTTP, missing bucket)
+        raise errors.ConfigError(
+            f"--workdir={workdir!r} cannot be written ({type(err).__name__}: {err}); allowed: a "
+            "local directory, or a Cloud Storage path (gs://bucket/dir) this process can write "
+            "to (see docs/scaling.md for credentials and the variables)."
         ) from err

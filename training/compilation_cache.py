@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import os
-
 import jax
 
+import paths
 from errors import ConfigError
 
 
@@ -14,7 +13,8 @@ def enable_compilation_cache(directory: str) -> int | None:
 
     Call it before the first compile: JAX decides once per process whether the cache is used.
     No minimum compile time or entry size, so the small programs of a run (init, sampling) are
-    cached as well as the train step. "" leaves JAX's settings alone.
+    cached as well as the train step. "" leaves JAX's settings alone. A remote directory
+    ("gs://bucket/cache") is read and written by JAX through etils' epath, as the workdir is.
 
     Returns:
       The number of entries already in `directory` (a restart finds the earlier run's), or None
@@ -30,4 +30,5 @@ def enable_compilation_cache(directory: str) -> int | None:
     jax.config.update("jax_compilation_cache_dir", directory)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-    return len(os.listdir(directory)) if os.path.isdir(directory) else 0
+    cache = paths.as_path(directory)
+    return len(list(cache.iterdir())) if cache.is_dir() else 0

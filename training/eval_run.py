@@ -19,9 +19,9 @@ import time
 import jax
 import ml_collections
 from absl import logging
-from clu import metric_writers
 
-from training import checkpointing, loop
+import paths
+from training import checkpointing, loop, metric_writer
 from training.eval_features import make_featurizer
 from training.eval_sampling import EvalSampler
 from training.evaluator import (
@@ -55,12 +55,12 @@ def evaluate_checkpoint(
     manager = checkpointing.make_manager(workdir, run.max_checkpoints_to_keep)
     if manager.latest_step() is None:
         raise FileNotFoundError(
-            f"--mode=eval found no checkpoint under {os.path.abspath(workdir)}/checkpoints."
+            f"--mode=eval found no checkpoint under {paths.absolute(workdir)}/checkpoints."
         )
     state, shardings = loop.init_or_restore(experiment, manager, run.seed)
     step = int(jax.device_get(state.step))
     featurize = make_featurizer(network, experiment.mesh)
-    writer = metric_writers.create_default_writer(
+    writer = metric_writer.create_writer(
         workdir, just_logging=jax.process_index() > 0, asynchronous=False
     )
     records, clip = [], None
@@ -84,16 +84,13 @@ def evaluate_checkpoint(
         writer.write_scalars(step, {prefix + k: v for k, v in values.items()})
         if jax.process_index() == 0:
             path = os.path.join(workdir, "eval", f"{step}_{point.sampler}_{point.num_steps}.json")
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            with open(path, "w") as file:
-                json.dump(record, file, indent=2)
+            paths.write_text(path, json.dumps(record, indent=2))
         logging.info("%s", json.dumps(record))
-    writer.flush()
+    writer.close()  # flushed; a remote workdir's events copied there
     if jax.process_index() == 0:
         table = format_table(records)
         print(table, flush=True)
-        with open(os.path.join(workdir, "eval", f"{step}_table.md"), "w") as file:
-            file.write(table + "\n")
+        paths.write_text(os.path.join(workdir, "eval", f"{step}_table.md"), table + "\n")
     return records
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import io
 import os
 import time
 
@@ -10,6 +11,7 @@ import jax
 import numpy as np
 from absl import logging
 
+import paths
 import sharding
 from evaluation import digits_network, scores
 from evaluation.eval_config import SweepPoint
@@ -82,10 +84,11 @@ def compute_reference(run: RunConfig, network: FeatureNetwork) -> Reference:
     }
     stats = dataclasses.replace(gathered.stats, metadata=metadata)
     if jax.process_index() == 0:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
         stats.save(path)
         if gathered.features is not None:
-            np.save(path + FEATURES_SUFFIX, gathered.features)
+            encoded = io.BytesIO()
+            np.save(encoded, gathered.features)
+            paths.write_bytes(path + FEATURES_SUFFIX, encoded.getvalue())
     logging.info(
         "Reference statistics of %d images (%s %s, %s) in %.1f s -> %s",
         stats.count,
@@ -101,7 +104,7 @@ def compute_reference(run: RunConfig, network: FeatureNetwork) -> Reference:
 def load_reference(run: RunConfig, network: FeatureNetwork, compute_missing: bool) -> Reference:
     """The stored reference statistics (computed first if missing and `compute_missing`)."""
     path = reference_path(run, network)
-    if not os.path.exists(path):
+    if not paths.as_path(path).exists():
         if not compute_missing:
             raise FileNotFoundError(
                 f"No reference statistics at {path}; compute them once with "
@@ -109,8 +112,8 @@ def load_reference(run: RunConfig, network: FeatureNetwork, compute_missing: boo
             )
         return compute_reference(run, network)
     features = None
-    if run.eval.keep_features and os.path.exists(path + FEATURES_SUFFIX):
-        features = np.load(path + FEATURES_SUFFIX, allow_pickle=False)
+    if run.eval.keep_features and paths.as_path(path + FEATURES_SUFFIX).exists():
+        features = np.load(paths.readable(path + FEATURES_SUFFIX), allow_pickle=False)
     return Reference(path, FeatureStatistics.load(path), features)
 
 

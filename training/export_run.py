@@ -12,16 +12,16 @@ checkpoint is read.
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 from typing import Any
 
 import jax
 import ml_collections
 import numpy as np
 from absl import logging
+from etils.epath import Path
 from jax.experimental import multihost_utils
 
+import paths
 from errors import ConfigError
 from models import registry
 from models.pipeline_dir import INDEX_FILE
@@ -54,7 +54,7 @@ def export_pipeline(config: RunConfig | ml_collections.ConfigDict, workdir: str)
     manager = checkpointing.make_manager(workdir, run.max_checkpoints_to_keep)
     if manager.latest_step() is None and experiment.initial_params_fn is None:
         raise FileNotFoundError(
-            f"--mode=export found no checkpoint under {os.path.abspath(workdir)}/checkpoints "
+            f"--mode=export found no checkpoint under {paths.absolute(workdir)}/checkpoints "
             "and no pretrained U-Net (init_from / pretrained.path); train first (--mode=train) "
             "or point --workdir at a run."
         )

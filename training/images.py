@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import math
-import os
 from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+
+import paths
 
 CELL_PIXELS = 64  # about how many pixels a grid cell spans in PNG files and TensorBoard
 LABEL_WIDTH = 160  # the widest a row label's text runs before it wraps
@@ -113,15 +115,16 @@ def _wrap(text: str, width_of, max_lines: int) -> list[str]:
 
 
 def save_png(grid: np.ndarray, path: str) -> None:
-    """Writes a uint8 [H, W, C] picture as PNG (grey for one channel)."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(path)
+    """Writes a uint8 [H, W, C] picture as PNG (grey for one channel), locally or remotely."""
+    encoded = io.BytesIO()
+    Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(encoded, format="PNG")
+    paths.write_bytes(path, encoded.getvalue())
 
 
 def load_image(path: str, size: int, channels: int) -> np.ndarray:
     """An image file as float32 [size, size, channels] in [-1, 1]: centre-cropped to a square,
     resized with Lanczos (as diffusers' image processor), grey or RGB."""
-    with Image.open(path) as image:
+    with Image.open(paths.readable(path)) as image:
         image = _square(image.convert("L" if channels == 1 else "RGB"), size)
         pixels = np.asarray(image, np.float32) / 127.5 - 1.0
     return pixels[..., None] if channels == 1 else pixels
@@ -130,7 +133,7 @@ def load_image(path: str, size: int, channels: int) -> np.ndarray:
 def load_mask(path: str, size: int) -> np.ndarray:
     """An inpainting mask file as float32 [size, size, 1] of 0 / 1: white (>= half grey) marks
     what is regenerated, black what is kept (diffusers' convention, binarised as it does)."""
-    with Image.open(path) as image:
+    with Image.open(paths.readable(path)) as image:
         grey = np.asarray(_square(image.convert("L"), size), np.float32) / 255.0
     return (grey >= 0.5).astype(np.float32)[..., None]
 

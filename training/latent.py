@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+from etils.epath import Path
 
 from models import autoencoder as ae
 from models.functional import Params

@@ -11,7 +11,7 @@ import jax
 import ml_collections
 import numpy as np
 from absl import logging
-from clu import metric_writers, periodic_actions
+from clu import periodic_actions
 
 import sharding
 from errors import ConfigError
@@ -22,6 +22,7 @@ from training import (
     checkpointing,
     conditioning,
     images,
+    metric_writer,
     nonfinite,
     preemption,
 )
@@ -253,7 +254,7 @@ class Trainer:
         mesh = experiment.mesh
         logging.info("Mesh %s over %d devices", dict(mesh.shape), mesh.devices.size)
         self.experiment, self.run, self.workdir = experiment, run, workdir
-        self.writer = metric_writers.create_default_writer(
+        self.writer = metric_writer.create_writer(
             workdir, just_logging=jax.process_index() > 0, asynchronous=True
         )
         self.manager = checkpointing.make_manager(workdir, run.max_checkpoints_to_keep)
@@ -262,9 +263,11 @@ class Trainer:
         self.start_step = self.step
         if self.step == 0:
             self.writer.write_hparams(flatten_config(run.to_configdict()))
-            logging.info("Fresh run in %s: starting at step 0 of %d", workdir, run.num_train_steps)
+            logging.info("Fresh run in %s", workdir)
         else:
-            logging.info("Resumed %s at step %d of %d", workdir, self.step, run.num_train_steps)
+            logging.info("Resumed %s at step %d", workdir, self.step)
+        # tools/fault_log.py reads this line.
+        logging.info("Starting at step %d of %d", self.step, run.num_train_steps)
         self.history: list[dict[str, float]] = []  # every logged summary, with its "step"
         self._train_step = make_train_step(experiment, self.shardings)
         self.sample_fn = experiment_sample_fn(experiment, self.shardings.ema_params)

@@ -7,9 +7,10 @@ diffusers' `StableDiffusionPipeline.from_pretrained(out_dir)` loads the result, 
 The U-Net is written by models/unet_weights.py; the frozen parts are copied byte for byte (only
 config, tokenizer and safetensors files: pickled .bin weights are never copied). Everything is
 checked first and written to a hidden sibling directory that is renamed to `out_dir` at the end,
-so a failure never leaves a half-written pipeline behind. diffusers' StableDiffusionPipeline
-rewrites two scheduler settings when it loads (steps_offset to 1, clip_sample to false): scheduler
-configs where that would change the sampling are refused.
+so a failure never leaves a half-written pipeline behind (a remote `out_dir`, "gs://...", is
+written in a local temporary directory, then uploaded with model_index.json last). diffusers'
+StableDiffusionPipeline rewrites two scheduler settings when it loads (steps_offset to 1,
+clip_sample to false): scheduler configs where that would change the sampling are refused.
 """
 
 from __future__ import annotations
@@ -17,11 +18,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 import uuid
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
+from etils.epath import Path
+
+import paths
 from diffusion import schedules
 from diffusion.scheduler_settings import (
     BETA_SCHEDULES,
@@ -158,29 +162,45 @@ def write_pipeline(
         "tokenizer": _tokenizer_files(Path(tokenizer_dir)),
     }
     index = _model_index(scheduler, source_index)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:12]}"
+    remote = paths.is_remote(out)
+    parent = Path(tempfile.mkdtemp(prefix="pipeline_")) if remote else out.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    staging = parent / f".{out.name}.partial-{uuid.uuid4().hex[:12]}"
     staging.mkdir()
     try:
         save_unet(staging / "unet", unet_config, unet_params)
         for part, files in parts.items():
             (staging / part).mkdir()
             for source in files:  # follows symlinks (Hugging Face cache snapshots)
-                shutil.copyfile(source, staging / part / source.name)
+                _copy(source, staging / part / source.name)
         (staging / "scheduler").mkdir()
         _write_json(staging / "scheduler" / SCHEDULER_FILE, dict(scheduler))
-        _write_json(staging / INDEX_FILE, index)
-        try:
-            os.rename(staging, out)  # replaces an empty directory, never a non-empty one
-        except OSError as error:
-            raise FileExistsError(
-                f"Pipeline output {str(out)!r} appeared while it was being written; not "
-                f"overwritten: {error}"
-            ) from error
+        if remote:  # the index last: a reader that finds it finds every part
+            paths.mirror_tree(os.fspath(staging), out, {})
+        _write_json((out if remote else staging) / INDEX_FILE, index)
+        if not remote:
+            try:
+                os.rename(staging, out)  # replaces an empty directory, never a non-empty one
+            except OSError as error:
+                raise FileExistsError(
+                    f"Pipeline output {str(out)!r} appeared while it was being written; not "
+                    f"overwritten: {error}"
+                ) from error
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    finally:
+        if remote:
+            shutil.rmtree(parent, ignore_errors=True)
     return out
+
+
+def _copy(source: Path, target: Path) -> None:
+    """Copies a file byte for byte (a local one with shutil, which follows symlinks)."""
+    if paths.is_remote(source):
+        target.write_bytes(source.read_bytes())
+    else:
+        shutil.copyfile(source, target)
 
 
 def _check_out_dir(out: Path) -> None:

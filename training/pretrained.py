@@ -18,11 +18,12 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any
 
 import numpy as np
+from etils.epath import Path
 
+import paths
 from errors import ConfigError
 from schema import field, require
 
@@ -150,10 +151,8 @@ def initial_params_fn(
         )
 
     def load() -> dict:
-        from safetensors.numpy import load_file  # noqa: PLC0415
-
         try:
-            tensors = load_file(directory / unet_weights.WEIGHTS_FILE)
+            tensors = paths.read_safetensors(directory / unet_weights.WEIGHTS_FILE)
             return unet_weights.params_from_diffusers(tensors, model_config)
         except ValueError as error:
             raise ConfigError(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import time
 
@@ -10,6 +11,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
+import paths
 from training import checkpointing, images, loop
 from training.experiment import build_experiment
 from training.run_config import RunConfig
@@ -27,7 +29,7 @@ def restore_sampler(config: RunConfig | ml_collections.ConfigDict, workdir: str)
     manager = checkpointing.make_manager(workdir, config.max_checkpoints_to_keep)
     if manager.latest_step() is None and experiment.initial_params_fn is None:
         raise FileNotFoundError(
-            f"--mode=sample found no checkpoint under {os.path.abspath(workdir)}/checkpoints; "
+            f"--mode=sample found no checkpoint under {paths.absolute(workdir)}/checkpoints; "
             "train first (--mode=train), point --workdir at a run, or sample a pretrained "
             "pipeline (--config.pretrained.path=DIR)."
         )
@@ -76,6 +78,8 @@ def sample_from_checkpoint(
         if conditions is not None:  # which prompt / class each image answers, and the prompts
             arrays["prompt_ids"] = conditions.prompt_ids.astype(np.int32)
             arrays["prompts"] = np.array(conditions.prompts)
-        np.savez(stem + ".npz", **arrays)
+        encoded = io.BytesIO()
+        np.savez(encoded, **arrays)
+        paths.write_bytes(stem + ".npz", encoded.getvalue())
         logging.info("Wrote %s.png and %s.npz", stem, stem)
     return samples

@@ -9,10 +9,11 @@ word with `</w>`; this builds the same pipeline with the `tokenizers` library.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import tokenizers
+from etils.epath import Path
 from tokenizers import decoders, models, normalizers, pre_tokenizers
+
+import paths
 
 VOCAB_FILE = "vocab.json"
 MERGES_FILE = "merges.txt"
@@ -30,14 +31,18 @@ def has_bpe_files(directory: Path) -> bool:
 def clip_tokenizer(directory: Path) -> tokenizers.Tokenizer:
     """CLIP's tokenizer from `directory`'s vocab.json and merges.txt (no post-processor: the
     caller adds `<|startoftext|> $A <|endoftext|>`)."""
-    bpe = models.BPE.from_file(
-        str(directory / VOCAB_FILE),
-        str(directory / MERGES_FILE),
-        unk_token=UNKNOWN_TOKEN,
-        end_of_word_suffix=WORD_END,
-        continuing_subword_prefix="",
-        fuse_unk=False,
-    )
+    with (
+        paths.local_file(directory / VOCAB_FILE) as vocab,
+        paths.local_file(directory / MERGES_FILE) as merges,
+    ):
+        bpe = models.BPE.from_file(
+            vocab,
+            merges,
+            unk_token=UNKNOWN_TOKEN,
+            end_of_word_suffix=WORD_END,
+            continuing_subword_prefix="",
+            fuse_unk=False,
+        )
     tokenizer = tokenizers.Tokenizer(bpe)
     tokenizer.normalizer = normalizers.Sequence(
         [

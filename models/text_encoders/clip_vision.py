@@ -18,11 +18,11 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+from etils.epath import Path
 from flax import nnx, struct
 
 from models.functional import FunctionalModel, functionalize

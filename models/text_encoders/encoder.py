@@ -6,12 +6,12 @@ import dataclasses
 import functools
 import os
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils.epath import Path
 from flax import struct
 
 from models.functional import functionalize

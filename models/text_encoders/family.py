@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, Protocol
 
 import jax
 import tokenizers
+from etils.epath import Path
 from flax import nnx
 
 from models.text_encoders.tokenizer import SpecialTokens

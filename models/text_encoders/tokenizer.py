@@ -10,13 +10,14 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import tokenizers
+from etils.epath import Path
 from tokenizers.processors import TemplateProcessing
 
+import paths
 from models.text_encoders import clip_bpe
 from models.text_encoders.weights import TOKENIZER_FILE
 
@@ -116,7 +117,8 @@ def read_tokenizer(
 ) -> tokenizers.Tokenizer:
     """tokenizer.json, or (families that can) a tokenizer built from vocab.json + merges.txt."""
     if (directory / TOKENIZER_FILE).is_file():
-        return tokenizers.Tokenizer.from_file(str(directory / TOKENIZER_FILE))
+        with paths.local_file(directory / TOKENIZER_FILE) as file:
+            return tokenizers.Tokenizer.from_file(file)
     if from_bpe_files is not None and clip_bpe.has_bpe_files(directory):
         return from_bpe_files(directory)
     alternative = (

@@ -13,13 +13,13 @@ import json
 import os
 import re
 from collections.abc import Iterable
-from pathlib import Path
 from typing import Any
 
 import jax.numpy as jnp
 import numpy as np
-from safetensors.numpy import load_file
+from etils.epath import Path
 
+import paths
 from models.functional import flatten, unflatten
 
 Params = dict[Any, Any]
@@ -71,7 +71,7 @@ def read_config(directory: Path) -> dict[str, Any]:
 def read_tensors(directory: Path) -> dict[str, np.ndarray]:
     """All tensors of model.safetensors, or of every shard its index names."""
     if (directory / WEIGHTS_FILE).is_file():
-        return load_file(directory / WEIGHTS_FILE)
+        return paths.read_safetensors(directory / WEIGHTS_FILE)
     index_path = directory / WEIGHTS_INDEX_FILE
     weight_map = json.loads(index_path.read_text()).get("weight_map")
     if not isinstance(weight_map, dict):
@@ -84,7 +84,7 @@ def read_tensors(directory: Path) -> dict[str, np.ndarray]:
         )
     tensors: dict[str, np.ndarray] = {}
     for shard in shards:
-        tensors.update(load_file(directory / shard))
+        tensors.update(paths.read_safetensors(directory / shard))
     return tensors
 
 

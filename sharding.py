@@ -65,7 +65,8 @@ class MeshConfig:
             require(size == -1 or size >= 1, f"mesh.{name}", size, "must be a positive size or -1.")
         fill = [f"mesh.{name}" for name in MESH_AXES if getattr(self, name) == -1]
         if len(fill) > 1:
-            raise ConfigError(f"{' and '.join(fill)} are both -1; at most one axis may be -1.")
+            given = " and ".join(f"{name}=-1" for name in fill)
+            raise ConfigError(f"{given}: at most one mesh axis may be -1 (the rest).")
         parse_rules(self.rules)
 
     def axis_sizes(self, num_devices: int) -> dict[str, int]:

@@ -120,7 +120,8 @@ def test_a_sigkilled_gs_run_resumes_from_the_bucket_bit_identically(gcs, runs):
     reference, resumed = runs["reference"], runs["resumed"]
     assert resumed.restored is not None and resumed.restored > 0
     log = _text(resumed.log_path)
-    assert f"Resumed gs://{BUCKET}/run at step {resumed.restored} of {NUM_STEPS}" in log
+    assert f"Resumed gs://{BUCKET}/run at step {resumed.restored}" in log
+    assert f"Starting at step {resumed.restored} of {NUM_STEPS}" in log
     assert resumed.last_step == NUM_STEPS
     for step, loss in resumed.losses.items():  # re-run steps included
         assert loss == reference.losses[step], step

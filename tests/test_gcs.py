@@ -149,20 +149,9 @@ def test_a_pipeline_exports_from_and_into_the_bucket(gcs):
         {"w": np.zeros(2, np.float32)}, f"gs://{BUCKET}/parts/text_encoder/model.safetensors"
     )
     paths.write_text(f"gs://{BUCKET}/parts/tokenizer/tokenizer.json", "{}")
-    unet = UNetConfig.from_diffusers(
-        dict(
-            sample_size=16,
-            in_channels=4,
-            out_channels=4,
-            block_out_channels=[32, 64],
-            layers_per_block=1,
-            down_block_types=["CrossAttnDownBlock2D", "DownBlock2D"],
-            up_block_types=["UpBlock2D", "CrossAttnUpBlock2D"],
-            norm_num_groups=8,
-            cross_attention_dim=32,
-            attention_head_dim=8,
-        )
-    )
+    from tests.models.sd_unet_checkpoint import SD1_TINY  # noqa: PLC0415 (imports torch)
+
+    unet = UNetConfig.from_diffusers(SD1_TINY)
     params = _random_params(lambda rngs: UNet(unet, rngs=rngs))
     out = f"gs://{BUCKET}/exported"
     pipeline_export.write_pipeline(

@@ -154,13 +154,15 @@ def test_a_pipeline_exports_from_and_into_the_bucket(gcs):
     unet = UNetConfig.from_diffusers(SD1_TINY)
     params = _random_params(lambda rngs: UNet(unet, rngs=rngs))
     out = f"gs://{BUCKET}/exported"
+    parts = {
+        f"{name}_dir": f"gs://{BUCKET}/parts/{name}"
+        for name in ("vae", "text_encoder", "tokenizer")
+    }
     pipeline_export.write_pipeline(
         out,
         unet_config=unet,
         unet_params=params,
-        vae_dir=f"gs://{BUCKET}/parts/vae",
-        text_encoder_dir=f"gs://{BUCKET}/parts/text_encoder",
-        tokenizer_dir=f"gs://{BUCKET}/parts/tokenizer",
+        **parts,
         scheduler=pipeline_export.scheduler_config(
             schedule="scaled_linear",
             num_timesteps=1000,
@@ -183,11 +185,5 @@ def test_a_pipeline_exports_from_and_into_the_bucket(gcs):
         np.testing.assert_array_equal(a, b)
     with pytest.raises(FileExistsError, match="already exists and is not empty"):
         pipeline_export.write_pipeline(
-            out,
-            unet_config=unet,
-            unet_params=params,
-            vae_dir=f"gs://{BUCKET}/parts/vae",
-            text_encoder_dir=f"gs://{BUCKET}/parts/text_encoder",
-            tokenizer_dir=f"gs://{BUCKET}/parts/tokenizer",
-            scheduler={},
+            out, unet_config=unet, unet_params=params, **parts, scheduler={}
         )

@@ -19,6 +19,7 @@ from benchmarks.step_inputs import MODELS, random_host_batch
 from models.dit_config import SIZES
 from training import loop
 from training.experiment import build_experiment
+from training.step_cost import counting_twin
 
 # The issue's figure for the 35.7M U-Net: forward + backward FLOPs per 32x32 image, counted by
 # PyTorch's flop counter (convolutions, matmuls and attention only; 2 FLOPs per multiply-add).
@@ -56,18 +57,6 @@ def step_flops(
     if peak_lib.has_loops(compiled) and twin != config:
         compiled = lower_abstract_step(twin, devices).compile()
     return peak_lib.cost_flops(compiled) * num_devices
-
-
-def counting_twin(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """The same arithmetic in a form XLA's cost analysis counts whole: it counts a loop body
-    once, so scanned blocks are unrolled and models/conv.py's scanned kernel gradients are
-    replaced by lax's convolutions."""
-    twin = ml_collections.ConfigDict(config.to_dict())
-    if twin.model.get("use_scan", False):
-        twin.model.use_scan = False
-    if twin.model.get("conv_impl", "xla") != "xla":
-        twin.model.conv_impl = "xla"
-    return twin
 
 
 def model_flops(config: ml_collections.ConfigDict, num_devices: int, devices=None) -> float:

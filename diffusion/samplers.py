@@ -112,6 +112,27 @@ def make_denoiser(
     return denoise
 
 
+def _step_rows(grid: Grid) -> dict[str, jax.Array]:
+    """What each scanned step reads: grid.* of its own step, in rows of one per step."""
+    return {
+        "t": grid.timesteps,
+        "t_next": jnp.append(grid.timesteps[1:], 0.0),
+        "sigma": grid.sigmas,
+        "sigma_next": grid.sigmas_next,
+        "steps_left": grid.steps_left,
+        "index": jnp.arange(grid.max_steps, dtype=jnp.int32),
+        **grid.extras,
+    }
+
+
+def count_evaluations(grid: Grid, sampler: str) -> int:
+    """Network evaluations of one chain of `sampler` on `grid`, as `sample_on_grid` counts them
+    (padding steps cost none): what a chain's cost is per image, without running it."""
+    spec = SAMPLERS[sampler]
+    per_step = jax.vmap(spec.evaluations)(_step_rows(grid))
+    return int(jnp.sum(jnp.where(grid.steps_left > 0, per_step, 0)))
+
+
 def sample_on_grid(
     denoise: Denoiser,
     grid: Grid,
@@ -141,15 +162,7 @@ def sample_on_grid(
         editing.validate_init(init, x_T)
         x = editing.start_state(init, x_T, grid.sigmas[0], process)
     final_sigma = grid.sigmas_next[grid.steps_left[0] - 1]  # where the last active step lands
-    rows = {
-        "t": grid.timesteps,
-        "t_next": jnp.append(grid.timesteps[1:], 0.0),
-        "sigma": grid.sigmas,
-        "sigma_next": grid.sigmas_next,
-        "steps_left": grid.steps_left,
-        "index": jnp.arange(grid.max_steps, dtype=jnp.int32),
-        **grid.extras,
-    }
+    rows = _step_rows(grid)
 
     def body(carry, g):
         x, state, nfe = carry

@@ -17,7 +17,9 @@ non-zero) after the report is written.
 from __future__ import annotations
 
 import collections
+import dataclasses
 import json
+import os
 import re
 import time
 
@@ -29,9 +31,11 @@ from absl import logging
 from etils import epath
 
 import sharding
-from training import loop, tpu_topologies
+from diffusion import samplers
+from training import loop, stand_ins, step_cost, tpu_topologies
 from training.experiment import Experiment, build_experiment
 from training.run_config import RunConfig
+from training.train_state import TrainState
 
 # XLA's collective ops as they appear in compiled HLO text ("-start" for the async forms).
 COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
@@ -76,12 +80,23 @@ def abstract_batch(experiment: Experiment, batch_size: int) -> dict[str, jax.Sha
     return batch
 
 
-def _abstract(tree, mesh):
+def abstract_tree(tree, mesh):
     """Concrete host arrays (caption bank, frozen autoencoder) as replicated abstract leaves."""
     replicated = sharding.replicated(mesh)
     return jax.tree.map(
-        lambda leaf: jax.ShapeDtypeStruct(np.shape(leaf), leaf.dtype, sharding=replicated), tree
+        lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=replicated), tree
     )
+
+
+def _shape_only(tree):
+    """Every leaf that is not already abstract as a ShapeDtypeStruct (its sharding left to jit)."""
+
+    def one(leaf):
+        if isinstance(leaf, jax.ShapeDtypeStruct):
+            return leaf
+        return jax.eval_shape(lambda: leaf)
+
+    return jax.tree.map(one, tree)
 
 
 def collectives(hlo_text: str) -> dict[str, dict[str, float]]:
@@ -106,41 +121,88 @@ def _itemsize(hlo_dtype: str) -> int:
     return max(1, int(bits.group(1)) // 8) if bits else 4
 
 
-def compile_report(
-    config: RunConfig | ml_collections.ConfigDict, topology: str, num_slices: int = 1
-) -> dict[str, object]:
-    """Builds the run for `topology`, compiles its train step there and reports (see module)."""
-    name, chip = tpu_topologies.resolve(topology)
-    devices = tpu_topologies.topology_devices(name, num_slices)
-    hosts = len({device.process_index for device in devices})
-    config_dict = config.to_configdict() if isinstance(config, RunConfig) else config
-    run = RunConfig.from_configdict(config_dict, len(devices), hosts)
-    experiment = build_experiment(run, devices)
-    mesh = experiment.mesh
+@dataclasses.dataclass(frozen=True)
+class _Compiled:
+    """One train step built for a device list and compiled, with what it was built from."""
+
+    experiment: Experiment
+    state: TrainState
+    shardings: TrainState
+    batch: dict[str, jax.ShapeDtypeStruct]
+    compiled: jax.stages.Compiled
+    seconds: float
+
+
+def _compile_train_step(run: RunConfig, devices: list) -> _Compiled:
+    """The run's real train step, on abstract state and batch, compiled for `devices`."""
+    experiment = build_experiment(run, devices, shape_only_weights=True)
     state, shardings = loop.abstract_state(experiment, run.seed)
     step = loop.make_train_step(experiment, shardings)
     batch = abstract_batch(experiment, run.batch_size)
     frozen = experiment.frozen
     start = time.perf_counter()
-    compiled = step.lower(state, batch, None if frozen is None else _abstract(frozen, mesh))
-    compiled = compiled.compile()
-    seconds_to_compile = time.perf_counter() - start
+    lowered = step.lower(
+        state, batch, None if frozen is None else abstract_tree(frozen, experiment.mesh)
+    )
+    compiled = lowered.compile()
+    return _Compiled(experiment, state, shardings, batch, compiled, time.perf_counter() - start)
+
+
+def _peak_bytes(compiled: jax.stages.Compiled) -> dict[str, int]:
+    """XLA's per-device memory analysis, and the peak its parts add up to."""
     memory = compiled.memory_analysis()
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, list | tuple) else cost
-    chips = len({tuple(device.coords) for device in devices}) * num_slices
+    parts = {
+        "arguments": memory.argument_size_in_bytes,
+        "temporaries": memory.temp_size_in_bytes,
+        "outputs_not_aliased": memory.output_size_in_bytes - memory.alias_size_in_bytes,
+        "generated_code": memory.generated_code_size_in_bytes,
+    }
+    return {**parts, "peak": sum(parts.values())}
+
+
+def _target(topology: str, num_slices: int) -> tuple[str, list, tpu_topologies.Chip]:
+    """(name, devices, chip) of a TPU topology, or of this host's CPU devices for 'cpu'."""
+    if topology.strip().lower() == "cpu":  # the check of the estimate against a real run
+        devices = jax.devices("cpu")
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        return "cpu", devices, tpu_topologies.Chip("cpu", memory, 0.0)
+    name, chip = tpu_topologies.resolve(topology)
+    return name, tpu_topologies.topology_devices(name, num_slices), chip
+
+
+def compile_report(
+    config: RunConfig | ml_collections.ConfigDict,
+    topology: str,
+    num_slices: int = 1,
+    *,
+    sampler: bool = True,
+) -> dict[str, object]:
+    """Builds the run for `topology`, compiles its train step (and sampler chain) there and
+    reports (see module)."""
+    name, devices, chip = _target(topology, num_slices)
+    hosts = len({device.process_index for device in devices})
+    config_dict = config.to_configdict() if isinstance(config, RunConfig) else config
+    run = RunConfig.from_configdict(config_dict, len(devices), hosts)
+    step = _compile_train_step(run, devices)
+    state, batch, mesh = step.state, step.batch, step.experiment.mesh
+    chips = num_slices * len({tuple(getattr(device, "coords", (device.id,))) for device in devices})
     devices_per_chip = len(devices) / chips
     hbm = chip.hbm_bytes / devices_per_chip
     peak_flops = chip.peak_bf16_flops / devices_per_chip
-    peak = (
-        memory.argument_size_in_bytes
-        + memory.output_size_in_bytes
-        - memory.alias_size_in_bytes
-        + memory.temp_size_in_bytes
-        + memory.generated_code_size_in_bytes
-    )
-    flops = float(cost.get("flops", 0.0))
-    optimal = float(cost.get("optimal_seconds", 0.0))
+    memory = _peak_bytes(step.compiled)
+    # The estimate comes from the loop-free twin when the step has loops (step_cost module).
+    estimated, twin_seconds = step.compiled, 0.0
+    twin_config = step_cost.counting_twin(config_dict)
+    if step_cost.has_loops(step.compiled) and twin_config.to_dict() != config_dict.to_dict():
+        twin = _compile_train_step(
+            RunConfig.from_configdict(twin_config, len(devices), hosts), devices
+        )
+        estimated, twin_seconds = twin.compiled, twin.seconds
+    cost = step_cost.cost(estimated)
+    flops = cost.get("flops", 0.0)
+    bandwidth = chip.hbm_bytes_per_second / devices_per_chip
+    seconds, source, optimal, roofline = estimate_seconds(cost, peak_flops, bandwidth)
+    model_flops = step_cost.model_flops(config_dict)
     mib = 2**20
     report = {
         "topology": name,
@@ -161,26 +223,130 @@ def compile_report(
                 for leaf in batch.values()
             )
             / mib,
-            "arguments": memory.argument_size_in_bytes / mib,
-            "temporaries": memory.temp_size_in_bytes / mib,
-            "outputs_not_aliased": (memory.output_size_in_bytes - memory.alias_size_in_bytes) / mib,
-            "generated_code": memory.generated_code_size_in_bytes / mib,
-            "peak": peak / mib,
+            **{part: size / mib for part, size in memory.items()},
             "hbm": hbm / mib,
         },
-        "fits": peak <= hbm,
+        "fits": memory["peak"] <= hbm,
+        "model_flops_per_step": model_flops,
+        "model_flops_per_image": model_flops / run.batch_size,
         "flops_per_device": flops,
-        "bytes_accessed_per_device": float(cost.get("bytes accessed", 0.0)),
+        "bytes_accessed_per_device": cost.get("bytes accessed", 0.0),
+        "estimated_from_loop_free_twin": estimated is not step.compiled,
         "compiler_optimal_seconds": optimal,
-        "estimated_step_seconds": optimal,
-        "estimated_images_per_second": run.batch_size / optimal if optimal else None,
-        "estimated_mfu": flops / (optimal * peak_flops) if optimal else None,
+        "roofline_seconds": roofline,
+        "estimate_source": source,
+        "estimated_step_seconds": seconds,
+        "estimated_images_per_second": run.batch_size / seconds if seconds > 0 else None,
+        # Model FLOPs (no remat) over the step time at the chips' peak: MFU as PaLM defines it.
+        "estimated_mfu": model_flops / (seconds * peak_flops * len(devices))
+        if seconds > 0
+        else None,
         "peak_bf16_flops_per_device": peak_flops,
-        "collectives": collectives(compiled.as_text()),
-        "seconds_to_compile": seconds_to_compile,
+        "collectives": collectives(step.compiled.as_text()),
+        "seconds_to_compile": step.seconds + twin_seconds,
         "note": "compiler estimates (XLA's memory analysis and optimal_seconds), not measurements",
     }
+    if sampler and step.experiment.step_config.autoencoder is None:
+        report["sampler"] = sampler_report(
+            config_dict, step, devices, hosts, hbm, (peak_flops, bandwidth)
+        )
     return report
+
+
+def estimate_seconds(
+    cost: dict[str, float], peak_flops: float, bandwidth: float
+) -> tuple[float, str | None, float, float]:
+    """(seconds, source, optimal_seconds, roofline seconds) of one compiled program per device.
+
+    libtpu's `optimal_seconds` is negative for some programs (seen for U-Net train steps and
+    every program with a loop, jax 0.10.2 / libtpu 0.0.42.1); then the time is the roofline of
+    the compiler's own counts: the slower of its FLOPs at peak and its bytes at HBM bandwidth.
+    Both are 0 on the CPU backend (no datasheet peak)."""
+    if peak_flops <= 0 or bandwidth <= 0:
+        return 0.0, None, 0.0, 0.0
+    optimal = cost.get("optimal_seconds", 0.0)
+    roofline = max(cost.get("flops", 0.0) / peak_flops, cost.get("bytes accessed", 0.0) / bandwidth)
+    if optimal > 0:
+        return optimal, "optimal_seconds", optimal, roofline
+    return roofline, "roofline" if roofline > 0 else None, optimal, roofline
+
+
+def sampler_report(
+    config_dict: ml_collections.ConfigDict,
+    step: _Compiled,
+    devices: list,
+    hosts: int,
+    hbm: float,
+    peak: tuple[float, float] = (0.0, 0.0),
+) -> dict[str, object]:
+    """The run's sampler chain (sampler.*, EMA params laid out as in training) compiled for the
+    same devices: its memory per device, and (TPU: `peak` FLOP/s and HBM bytes/s per device) its
+    time as the network evaluations it makes times the estimate of one evaluation (of the
+    loop-free twin: the chain is a scan); the final decode of latent runs is not in the time."""
+    experiment = step.experiment
+    sample_fn = loop.experiment_sample_fn(experiment, step.shardings.ema_params)
+    key = jax.eval_shape(lambda: jax.random.key(0))
+    arguments = sample_fn.chain_arguments(step.state.ema_params, key)
+    grid, cond = arguments[2], arguments[3]
+    start = time.perf_counter()
+    chain = sample_fn.chain.lower(*_shape_only(arguments)).compile()
+    seconds = time.perf_counter() - start
+    memory = _peak_bytes(chain)
+    evaluations = samplers.count_evaluations(grid, experiment.sampler.name)
+    report = {
+        "sampler": experiment.sampler.name,
+        "num_steps": experiment.sampler.num_steps,
+        "images": sample_fn.num_images,
+        "network_evaluations": evaluations,
+        "per_device_mib": {part: size / 2**20 for part, size in memory.items()},
+        "fits": memory["peak"] <= hbm,
+        "seconds_to_compile": seconds,
+    }
+    if min(peak) > 0:
+        twin_run = RunConfig.from_configdict(
+            step_cost.counting_twin(config_dict), len(devices), hosts
+        )
+        one = _compile_evaluation(twin_run, devices, sample_fn.padded_rows, cond)
+        seconds, source, _, _ = estimate_seconds(step_cost.cost(one), *peak)
+        report["estimate_source"] = source
+        report["estimated_seconds_per_evaluation"] = seconds
+        report["estimated_chain_seconds"] = seconds * evaluations
+        report["estimated_images_per_second"] = (
+            sample_fn.num_images / (seconds * evaluations) if seconds > 0 else None
+        )
+    return report
+
+
+def _compile_evaluation(run: RunConfig, devices: list, rows: int, cond) -> jax.stages.Compiled:
+    """One network evaluation of the chain (both guidance branches batched, as the sampler
+    batches them) compiled for `devices`."""
+    experiment = build_experiment(run, devices, shape_only_weights=True)
+    _, shardings = loop.abstract_state(experiment, run.seed)
+    params = experiment.model.abstract_params
+    mesh = experiment.mesh
+    batch_sharding = sharding.batch_sharding(mesh)
+    if cond is not None:
+        rows *= 2
+        cond = jax.tree.map(
+            lambda leaf: jax.ShapeDtypeStruct((rows, *np.shape(leaf)[1:]), leaf.dtype), cond
+        )
+    x_t = jax.ShapeDtypeStruct((rows, *experiment.image_shape), jnp.float32)
+    t = jax.ShapeDtypeStruct((rows,), jnp.float32)
+    parallel = run.mesh.sequence_parallel
+
+    def evaluate(params, x_t, t, kwargs):
+        kwargs = dict(kwargs or {})
+        if "concat" in kwargs:  # inpainting models' extra input channels
+            x_t = jnp.concatenate([x_t, kwargs.pop("concat").astype(x_t.dtype)], axis=-1)
+        with sharding.activation_constraints(mesh, parallel):
+            return experiment.model.apply(params, x_t, t, **kwargs)
+
+    jitted = jax.jit(
+        evaluate,
+        in_shardings=(shardings.ema_params, batch_sharding, batch_sharding, batch_sharding),
+        out_shardings=batch_sharding,
+    )
+    return jitted.lower(params, x_t, t, cond).compile()
 
 
 def format_report(report: dict[str, object]) -> str:
@@ -198,14 +364,34 @@ def format_report(report: dict[str, object]) -> str:
         f"{memory['peak']:.1f} of {memory['hbm']:.0f} MiB HBM: "
         + ("fits" if report["fits"] else "DOES NOT FIT"),
     ]
-    if report["compiler_optimal_seconds"]:
+    if report["estimate_source"]:
+        twin = " (of the loop-free twin)" if report["estimated_from_loop_free_twin"] else ""
+        source = {
+            "optimal_seconds": "the compiler's optimal_seconds",
+            "roofline": "the roofline of its FLOPs and bytes (no usable optimal_seconds)",
+        }[report["estimate_source"]]
         lines.append(
-            f"compiler estimate: {report['flops_per_device'] / 1e9:.2f} GFLOP and "
+            f"compiler estimate{twin}: {report['flops_per_device'] / 1e9:.2f} GFLOP and "
             f"{report['bytes_accessed_per_device'] / 2**30:.2f} GiB accessed per device, step "
-            f"{report['estimated_step_seconds'] * 1e3:.2f} ms -> "
+            f"{report['estimated_step_seconds'] * 1e3:.2f} ms from {source} -> "
             f"{report['estimated_images_per_second']:.0f} images/s, MFU "
-            f"{100 * report['estimated_mfu']:.1f}% (estimates, not measurements)"
+            f"{100 * report['estimated_mfu']:.1f}% of {report['model_flops_per_image'] / 1e9:.2f} "
+            "model GFLOP per image (estimates, not measurements)"
         )
+    chain = report.get("sampler")
+    if chain:
+        line = (
+            f"sampler {chain['sampler']} x{chain['num_steps']} steps "
+            f"({chain['network_evaluations']} evaluations, {chain['images']} images): peak "
+            f"{chain['per_device_mib']['peak']:.1f} MiB per device, "
+            + ("fits" if chain["fits"] else "DOES NOT FIT")
+        )
+        if chain.get("estimated_chain_seconds"):
+            line += (
+                f"; estimated {chain['estimated_chain_seconds']:.2f} s per chain -> "
+                f"{chain['estimated_images_per_second']:.1f} images/s"
+            )
+        lines.append(line)
     ops = ", ".join(
         f"{op} x{found['count']} ({found['bytes'] / 2**20:.1f} MiB)"
         for op, found in report["collectives"].items()
@@ -224,7 +410,15 @@ def compile_for_topology(
     section = config_dict.get("compile", {})
     topology = section.get("topology", tpu_topologies.CompileConfig.topology)
     slices = section.get("num_slices", 1)
+    stand_in_dir = str(epath.Path(workdir) / "compile" / "stand_ins")
+    config_dict, replaced = stand_ins.substitute(config_dict, stand_in_dir)
+    for dotted, missing in replaced.items():
+        print(
+            f"{dotted}={missing!r} is not here: compiled with the architecture of "
+            f"{config_dict[dotted.split('.')[0]][dotted.split('.')[1]]} (config files only)"
+        )
     report = compile_report(config_dict, topology, slices)  # checked for the slice's devices
+    report["stand_ins"] = replaced
     run = RunConfig.from_configdict(config_dict, report["devices"], report["hosts"])
     print(format_report(report), flush=True)
     if not report["fits"]:

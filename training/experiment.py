@@ -75,13 +75,18 @@ class Experiment:
 
 
 def build_experiment(
-    config: RunConfig | ml_collections.ConfigDict, devices: list[jax.Device] | None = None
+    config: RunConfig | ml_collections.ConfigDict,
+    devices: list[jax.Device] | None = None,
+    *,
+    shape_only_weights: bool = False,
 ) -> Experiment:
     """Builds the run's objects from a RunConfig (or a ConfigDict, turned into one first).
 
     Every check runs in `RunConfig.from_configdict` (ConfigError naming the field); the only
     computation here is the frozen text encoder's one pass over the dataset's captions and the
-    sampling prompts (text-conditioned runs).
+    sampling prompts (text-conditioned runs). `shape_only_weights` reads the frozen text encoder
+    and autoencoder as architectures only (ShapeDtypeStruct params, zero text embeddings): what
+    --mode=compile lowers on.
     """
     devices = list(devices or jax.devices())
     run = config
@@ -94,11 +99,11 @@ def build_experiment(
     if cond.kind == "text":
         if data.name in captions.CAPTIONS:  # else free text, embedded batch by batch
             caption_table = captions.caption_table(data.name)
-        encoder = load_text_encoder(run.text_encoder)  # reads files; runs nothing yet
+        encoder = load_text_encoder(run.text_encoder, shape_only_weights)  # runs nothing yet
     # The null condition: the reserved class row, or the caption bank's last (empty) prompt.
     null_id = {"none": 0, "class": num_classes, "text": len(caption_table)}[cond.kind]
     build = registry.build_model(run.model)
-    latent = load_latent_space(run.autoencoder)  # reads the frozen autoencoder's files
+    latent = load_latent_space(run.autoencoder, shape_only_weights)  # the frozen autoencoder
     bank = conditioning.caption_bank(encoder, caption_table) if encoder else None
     return Experiment(
         run=run,
@@ -134,9 +139,9 @@ def build_experiment(
             data.channels,
             getattr(run.model, "in_channels", 0) - getattr(run.model, "out_channels", 0),
         ),
-        initial_params_fn=pretrained.initial_params_fn(
-            run.init_from, run.pretrained.path, run.model
-        ),
+        initial_params_fn=None
+        if shape_only_weights
+        else pretrained.initial_params_fn(run.init_from, run.pretrained.path, run.model),
         sample_conditions=make_sample_conditions(run, sampler, num_classes, encoder),
     )
 
@@ -161,8 +166,9 @@ def make_sample_conditions(
     )
 
 
-def load_text_encoder(encoder_cfg: TextEncoderConfig) -> Any:
-    """The frozen encoder named by `config.text_encoder` ("" path: the shipped MiniLM copy)."""
+def load_text_encoder(encoder_cfg: TextEncoderConfig, shape_only: bool = False) -> Any:
+    """The frozen encoder named by `config.text_encoder` ("" path: the shipped MiniLM copy);
+    `shape_only`: its architecture alone (see text_encoders.load_text_encoder)."""
     from models import text_encoders  # noqa: PLC0415 (tokenizers etc. only when text is used)
 
     try:
@@ -172,6 +178,7 @@ def load_text_encoder(encoder_cfg: TextEncoderConfig) -> Any:
             path,
             encoder_cfg.max_length,
             tokenizer_path=encoder_cfg.tokenizer_path or None,
+            shape_only=shape_only,
         )
         return dataclasses.replace(
             encoder,

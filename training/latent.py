@@ -101,10 +101,17 @@ class LatentSpace:
             return jnp.clip(images, -1.0, 1.0)
 
 
-def load_latent_space(cfg: LatentConfig) -> LatentSpace | None:
-    """The frozen autoencoder `config.autoencoder` names (None for pixel-space runs)."""
+def load_latent_space(cfg: LatentConfig, shape_only: bool = False) -> LatentSpace | None:
+    """The frozen autoencoder `config.autoencoder` names (None for pixel-space runs);
+    `shape_only`: its config.json alone, params as ShapeDtypeStructs (--mode=compile)."""
     if not cfg.path:
         return None
+    if shape_only:
+        from models.functional import functionalize  # noqa: PLC0415
+
+        config = cfg.read_config()
+        params = functionalize(ae.build_autoencoder(config)).abstract_params
+        return LatentSpace(config, params, cfg.sample_posterior, cfg.decode_chunk)
     from models.autoencoder_weights import load_autoencoder  # noqa: PLC0415
 
     try:

@@ -287,17 +287,14 @@ def make_sample_fn(
         out_shardings=batch_sharding,
     )
 
-    def sample_on_device(
+    def chain_arguments(
         params: Params,
         key: jax.Array,
         num_steps: int | None = None,
         guidance_scale: float | None = None,
         conditions: SampleConditions | None = None,
-    ) -> jax.Array:
-        """The padded batch [padded, H, W, C] as a global array sharded over the batch axes.
-
-        `conditions` (conditional models) replaces the build-time ones for this call; it must
-        have the same number of rows. Rows past `total` are padding."""
+    ) -> tuple:
+        """What `sample_on_device` passes the jitted chain (--mode=compile lowers it on these)."""
         num_steps = sampler.num_steps if num_steps is None else num_steps
         scale = sampler.guidance_scale if guidance_scale is None else guidance_scale
         num_timesteps = schedule.num_timesteps if schedule is not None else None
@@ -323,7 +320,20 @@ def make_sample_fn(
                 _pad_rows(tree, padded) for tree in (conditions.cond, conditions.uncond)
             )
         decoder_params = None if latent is None else latent.params
-        return jitted(params, key, grid, call_cond, call_uncond, jnp.float32(scale), decoder_params)
+        return params, key, grid, call_cond, call_uncond, jnp.float32(scale), decoder_params
+
+    def sample_on_device(
+        params: Params,
+        key: jax.Array,
+        num_steps: int | None = None,
+        guidance_scale: float | None = None,
+        conditions: SampleConditions | None = None,
+    ) -> jax.Array:
+        """The padded batch [padded, H, W, C] as a global array sharded over the batch axes.
+
+        `conditions` (conditional models) replaces the build-time ones for this call; it must
+        have the same number of rows. Rows past `total` are padding."""
+        return jitted(*chain_arguments(params, key, num_steps, guidance_scale, conditions))
 
     def sample_to_host(
         params: Params,
@@ -341,8 +351,10 @@ def make_sample_fn(
         return np.clip(np.asarray(images)[:total], -1.0, 1.0)
 
     sample_to_host.chain = jitted  # the jitted chain, for compile-count checks
+    sample_to_host.chain_arguments = chain_arguments  # its arguments, for --mode=compile
     sample_to_host.on_device = sample_on_device  # sharded output, for evaluation
     sample_to_host.num_images = total
+    sample_to_host.padded_rows = padded  # images per chain: total padded to the batch shards
     return sample_to_host
 
 

@@ -3,7 +3,7 @@
 Topology names are JAX's (`jax.experimental.topologies`): generation, then chips per dimension,
 e.g. "v5e:4x4" (16 chips), "v4:2x2x4", "v5p:4x4x4", "v6e:2x4"; Cloud slice names ("v5e-64",
 "v5litepod-16", "v4-32", "v5p-128", "v6e-8") are accepted too. Chip figures are the Cloud TPU
-datasheets' (HBM per chip, peak dense bf16 FLOP/s per chip).
+datasheets' (HBM per chip, peak dense bf16 FLOP/s and HBM bandwidth per chip).
 """
 
 from __future__ import annotations
@@ -27,13 +27,14 @@ class Chip:
     generation: str
     hbm_bytes: int
     peak_bf16_flops: float
+    hbm_bytes_per_second: float = 0.0
 
 
 CHIPS = {
-    "v4": Chip("v4", 32 * 2**30, 275e12),
-    "v5e": Chip("v5e", 16 * 2**30, 197e12),
-    "v5p": Chip("v5p", 95 * 2**30, 459e12),
-    "v6e": Chip("v6e", 32 * 2**30, 918e12),
+    "v4": Chip("v4", 32 * 2**30, 275e12, 1228e9),
+    "v5e": Chip("v5e", 16 * 2**30, 197e12, 819e9),
+    "v5p": Chip("v5p", 95 * 2**30, 459e12, 2765e9),
+    "v6e": Chip("v6e", 32 * 2**30, 918e12, 1640e9),
 }
 # Cloud names count TensorCores for v4 / v5p (two per chip) and chips for v5e / v6e.
 _CORES_PER_CHIP_IN_NAME = {"v4": 2, "v5p": 2, "v5e": 1, "v6e": 1}

@@ -46,7 +46,7 @@ class TextEncoder:
     max_length: int  # every text becomes exactly this many tokens
     params: Params  # plain nested dict of jnp arrays (int keys for layer lists)
     logical_specs: Params  # logical PartitionSpec per parameter, for `sharding.py`
-    tokenizer: TextTokenizer
+    tokenizer: TextTokenizer | None  # None: shape-only (params are ShapeDtypeStructs)
     # (params, input_ids [B, L], mask [B, L] bool) -> (hidden [B, L, D], pooled [B, D_pooled])
     forward: Callable[[Params, jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
     use_pooled: bool = True  # the denoiser reads `pooled` (Stable Diffusion 1.x / 2.x: no)
@@ -56,6 +56,9 @@ class TextEncoder:
 
     def tokenize(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """input_ids int32 [B, max_length] and attention mask bool [B, max_length]."""
+        if self.tokenizer is None:  # shape-only: every text as max_length placeholder tokens
+            shape = (len(texts), self.max_length)
+            return np.zeros(shape, np.int32), np.ones(shape, bool)
         input_ids, attention_mask = self.tokenizer(texts)
         if self.attend_padding:
             attention_mask = np.ones_like(attention_mask)
@@ -71,8 +74,13 @@ class TextEncoder:
         return TextEmbeddings(tokens=tokens, mask=mask, pooled=pooled)
 
     def encode(self, texts: Sequence[str]) -> TextEmbeddings:
-        """Tokenizes and runs the frozen encoder (compiled once per batch size)."""
+        """Tokenizes and runs the frozen encoder (compiled once per batch size); a shape-only
+        encoder returns zero embeddings (every token attended) of the shapes the real one would."""
         input_ids, attention_mask = self.tokenize(texts)
+        if self.tokenizer is None:
+            shapes = jax.eval_shape(self.apply, self.params, input_ids, attention_mask)
+            zeros = jax.tree.map(lambda leaf: np.zeros(leaf.shape, leaf.dtype), shapes)
+            return zeros.replace(mask=attention_mask)
         return self._frozen_apply(self.params, input_ids, attention_mask)
 
     @functools.cached_property
@@ -89,6 +97,7 @@ def load_text_encoder(
     max_length: int,
     dtype: str = "float32",
     tokenizer_path: str | os.PathLike | None = None,
+    shape_only: bool = False,
 ) -> TextEncoder | None:
     """Loads a Hugging Face checkpoint directory as a frozen encoder; None for name "none".
 
@@ -100,6 +109,8 @@ def load_text_encoder(
       dtype: parameter and compute dtype, one of DTYPES.
       tokenizer_path: the tokenizer's own directory (a diffusers pipeline's tokenizer/: its
         tokenizer.json, or CLIP's vocab.json + merges.txt); None: `path`.
+      shape_only: read config.json alone; params are ShapeDtypeStructs and `encode` returns
+        zeros of the right shapes (what --mode=compile needs).
     """
     if name not in ENCODERS:
         raise ValueError(f"text_encoder.name must be one of {ENCODERS}, got {name!r}.")
@@ -109,28 +120,30 @@ def load_text_encoder(
         raise ValueError(f"text_encoder.dtype must be one of {DTYPES}, got {dtype!r}.")
     separate = tokenizer_path is not None
     directory, family, config = _checkpoint_config(
-        name, path, max_length, tokenizer_elsewhere=separate
+        name, path, max_length, tokenizer_elsewhere=separate, config_only=shape_only
     )
-    tokenizer_directory = Path(tokenizer_path) if separate else directory
-    tokenizer = TextTokenizer(
-        tokenizer_directory,
-        max_length,
-        family.special_tokens,
-        config_pad_id=config.pad_token_id,
-        from_bpe_files=family.tokenizer_from_bpe_files,
-    )
-    if tokenizer.vocab_size > config.vocab_size:
-        raise ValueError(
-            f"The tokenizer in {str(tokenizer_directory)!r} has {tokenizer.vocab_size} tokens "
-            f"but the model embeds only {config.vocab_size}."
-        )
     network = functionalize(lambda rngs: family.build(config, jnp.dtype(dtype), rngs))
-    params = weights.to_params(
-        weights.read_tensors(directory),
-        family.weight_rules,
-        network.abstract_params,
-        ignored=family.ignored_weights,
-    )
+    tokenizer, params = None, network.abstract_params
+    if not shape_only:
+        tokenizer_directory = Path(tokenizer_path) if separate else directory
+        tokenizer = TextTokenizer(
+            tokenizer_directory,
+            max_length,
+            family.special_tokens,
+            config_pad_id=config.pad_token_id,
+            from_bpe_files=family.tokenizer_from_bpe_files,
+        )
+        if tokenizer.vocab_size > config.vocab_size:
+            raise ValueError(
+                f"The tokenizer in {str(tokenizer_directory)!r} has {tokenizer.vocab_size} "
+                f"tokens but the model embeds only {config.vocab_size}."
+            )
+        params = weights.to_params(
+            weights.read_tensors(directory),
+            family.weight_rules,
+            network.abstract_params,
+            ignored=family.ignored_weights,
+        )
     return TextEncoder(
         name=name,
         hidden_size=config.hidden_size,
@@ -146,20 +159,27 @@ def load_text_encoder(
 def text_widths(name: str, path: str | os.PathLike, max_length: int) -> tuple[int, int]:
     """(hidden size, pooled size) of a checkpoint, read from its config.json alone (no weights):
     what the denoiser's cross-attention and pooled input are built for."""
-    _, _, config = _checkpoint_config(name, path, max_length)
+    _, _, config = _checkpoint_config(name, path, max_length, config_only=True)
     return config.hidden_size, config.pooled_size
 
 
 def _checkpoint_config(
-    name: str, path: str | os.PathLike, max_length: int, *, tokenizer_elsewhere: bool = False
+    name: str,
+    path: str | os.PathLike,
+    max_length: int,
+    *,
+    tokenizer_elsewhere: bool = False,
+    config_only: bool = False,
 ):
     """(directory, family, parsed config) after checking the files, model type and length;
-    `tokenizer_elsewhere`: `path` needs no tokenizer files."""
+    `tokenizer_elsewhere`: `path` needs no tokenizer files; `config_only`: nor weights."""
     if name not in _FAMILIES:
         raise ValueError(f"text_encoder.name must be one of {tuple(_FAMILIES)}, got {name!r}.")
     family = _FAMILIES[name]
     needs_json = not tokenizer_elsewhere and family.tokenizer_from_bpe_files is None
-    directory = weights.check_checkpoint_dir(path, with_tokenizer=needs_json)
+    directory = weights.check_checkpoint_dir(
+        path, with_tokenizer=needs_json and not config_only, with_weights=not config_only
+    )
     hf_config = weights.read_config(directory)
     model_type = hf_config.get("model_type")
     if model_type not in family.model_types:

@@ -34,9 +34,12 @@ EXPECTED_FILES = (
 _MAX_LISTED = 12  # names shown in an error before "... and N more"
 
 
-def check_checkpoint_dir(path: str | os.PathLike, *, with_tokenizer: bool = True) -> Path:
+def check_checkpoint_dir(
+    path: str | os.PathLike, *, with_tokenizer: bool = True, with_weights: bool = True
+) -> Path:
     """The checkpoint directory, after checking that the files we read are all there
-    (`with_tokenizer=False`: the tokenizer lives elsewhere, as in a diffusers pipeline)."""
+    (`with_tokenizer=False`: the tokenizer lives elsewhere, as in a diffusers pipeline;
+    `with_weights=False`: only the architecture is read)."""
     directory = Path(path)
     if not directory.is_dir():
         raise FileNotFoundError(
@@ -46,7 +49,7 @@ def check_checkpoint_dir(path: str | os.PathLike, *, with_tokenizer: bool = True
     found = sorted(entry.name for entry in directory.iterdir())
     wanted = (CONFIG_FILE, TOKENIZER_FILE) if with_tokenizer else (CONFIG_FILE,)
     missing = [name for name in wanted if name not in found]
-    if WEIGHTS_FILE not in found and WEIGHTS_INDEX_FILE not in found:
+    if with_weights and WEIGHTS_FILE not in found and WEIGHTS_INDEX_FILE not in found:
         missing.append(WEIGHTS_FILE)
     if missing:
         hint = ""

@@ -314,3 +314,18 @@ def test_every_registry_entry_is_complete():
         assert set(grid.extras) == set(
             spec.grid_rows(np.linspace(5.0, 0.0, 5), 4) if spec.grid_rows else {}
         )
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "heun", "dpmpp_2m"])
+def test_count_evaluations_equals_what_the_chain_counts_padding_excluded(schedule, sampler):
+    model_fn = gaussian_model_fn(schedule, MEAN, STD, "eps")
+    x_T = jax.random.normal(jax.random.key(0), (4, 4))
+    for steps in (3, 10):
+        grid = samplers.make_grid(
+            sampler, steps, schedule=schedule, spacing="trailing", max_steps=12
+        )
+        denoise = samplers.make_denoiser(model_fn, "eps")
+        ran = samplers.sample_on_grid(denoise, grid, x_T, jax.random.key(1), sampler=sampler)
+        counted = samplers.count_evaluations(grid, sampler)
+        assert counted == int(ran.nfe)
+        assert counted == (2 * steps - 1 if sampler == "heun" else steps)

@@ -59,6 +59,12 @@ def test_tiny_config_on_v5e_2x2_matches_the_hand_count_and_fsdp_quarters_params(
     tiny_config.compile.topology = "v5e:2x2"
     tiny_config.mesh.data = 4
     replicated = compile_run.compile_report(tiny_config, "v5e:2x2")
+    chain = replicated["sampler"]  # the sampler chain, compiled for the same slice
+    assert chain["network_evaluations"] == tiny_config.sampler.num_steps and chain["fits"]
+    assert chain["estimated_chain_seconds"] == pytest.approx(
+        chain["network_evaluations"] * chain["estimated_seconds_per_evaluation"]
+    )
+    assert chain["estimated_seconds_per_evaluation"] > 0
     assert replicated["devices"] == 4 and replicated["fits"]
     params = replicated["params"]
     memory = replicated["per_device_mib"]
@@ -71,10 +77,17 @@ def test_tiny_config_on_v5e_2x2_matches_the_hand_count_and_fsdp_quarters_params(
     assert plain <= memory["arguments"] <= tiled
     assert memory["params"] == pytest.approx(params * 4 / 2**20, rel=1e-6)
     assert replicated["compiler_optimal_seconds"] > 0 and replicated["flops_per_device"] > 0
+    assert replicated["estimate_source"] == "optimal_seconds"
+    # MFU counts the model FLOPs of the step (no remat), not the compiler's
+    seconds, devices = replicated["estimated_step_seconds"], replicated["devices"]
+    peak = replicated["peak_bf16_flops_per_device"] * devices
+    assert replicated["estimated_mfu"] == pytest.approx(
+        replicated["model_flops_per_step"] / (seconds * peak)
+    )
     assert "all-reduce" in replicated["collectives"]  # data parallel: gradients are summed
 
     tiny_config.mesh.data, tiny_config.mesh.fsdp = 1, 4
-    split = compile_run.compile_report(tiny_config, "v5e:2x2")
+    split = compile_run.compile_report(tiny_config, "v5e:2x2", sampler=False)
     ratio = split["per_device_mib"]["params"] / memory["params"]
     assert 0.25 <= ratio < 0.3  # a quarter, less the few small leaves too short to split
     assert "all-gather" in split["collectives"] or "all-reduce" in split["collectives"]
@@ -120,3 +133,60 @@ def test_main_exits_non_zero_when_the_step_does_not_fit(monkeypatch, tmp_path):
         assert exited.value.code == 2
     finally:
         flags.FLAGS.unparse_flags()
+
+
+def test_cpu_figures_match_a_real_cpu_run_of_the_same_config(tiny_config, fast_compiles):
+    """--mode=compile on the CPU backend (8 devices, shape-only everything) against the real
+    run: the state a real step holds on device 0 and its compiled step's memory analysis."""
+    import numpy as np  # noqa: PLC0415
+
+    import sharding  # noqa: PLC0415
+    from training import loop  # noqa: PLC0415
+    from training.experiment import build_experiment  # noqa: PLC0415
+    from training.run_config import RunConfig  # noqa: PLC0415
+
+    tiny_config.mesh.data, tiny_config.mesh.fsdp = 2, 4  # parameters split four ways
+    report = compile_run.compile_report(tiny_config, "cpu", sampler=False)
+    assert report["devices"] == 8 and report["mesh"] == {"data": 2, "fsdp": 4, "tensor": 1}
+
+    run = RunConfig.from_configdict(tiny_config)
+    experiment = build_experiment(run)
+    state, shardings = loop.create_state(experiment, run.seed)
+    step = loop.make_train_step(experiment, shardings)
+    host = {"image": np.zeros((run.batch_size, 8, 8, 1), np.float32)}
+    host["label"] = np.zeros((run.batch_size,), np.int32)
+    batch_sharding = sharding.batch_sharding(experiment.mesh)
+    batch = sharding.put_host_tree(host, {name: batch_sharding for name in host})
+    compiled = step.lower(state, batch, None).compile()
+    state, _ = step(state, batch, None)  # the real step runs
+    device = jax.devices()[0]
+
+    def on_device(tree) -> float:
+        shards = [s for leaf in jax.tree.leaves(tree) for s in leaf.addressable_shards]
+        return sum(s.data.nbytes for s in shards if s.device == device) / 2**20
+
+    memory = report["per_device_mib"]
+    assert memory["params"] == pytest.approx(on_device(state.params), rel=1e-9)
+    assert memory["ema_params"] == pytest.approx(on_device(state.ema_params), rel=1e-9)
+    assert memory["optimizer_state"] == pytest.approx(on_device(state.opt_state), rel=1e-9)
+    real = compiled.memory_analysis()
+    # The stated tolerance: 2% on the compiled figures (the same program, built from shapes).
+    assert memory["arguments"] == pytest.approx(real.argument_size_in_bytes / 2**20, rel=0.02)
+    assert memory["temporaries"] == pytest.approx(real.temp_size_in_bytes / 2**20, rel=0.02)
+    assert report["model_flops_per_step"] > 0 and report["compiler_optimal_seconds"] == 0
+
+
+@pytest.mark.slow
+@needs_libtpu
+def test_a_scanned_dit_is_estimated_on_its_loop_free_twin():
+    # XLA counts a scanned block once and libtpu gives a loop no optimal_seconds: the estimate
+    # comes from the same step with its blocks unrolled.
+    from configs import digits_dit  # noqa: PLC0415
+
+    config = digits_dit.get_config()
+    config.mesh.data = 4
+    assert config.model.use_scan
+    report = compile_run.compile_report(config, "v5e:2x2", sampler=False)
+    assert report["estimated_from_loop_free_twin"] and report["estimated_step_seconds"] > 0
+    # the compiler's count (per device, x4) covers all 6 blocks, not one: about the model FLOPs
+    assert 0.9 <= 4 * report["flops_per_device"] / report["model_flops_per_step"] < 1.5

@@ -123,3 +123,18 @@ def test_default_path_is_the_shipped_minilm_and_other_encoders_need_a_path(minil
     assert Path(default_path("minilm")) == minilm_dir
     with pytest.raises(ValueError, match=r"text_encoder\.path is empty; text_encoder\.name='clip'"):
         default_path("clip")
+
+
+def test_shape_only_reads_config_alone_and_encodes_zeros_of_the_real_shapes(tiny_clip, tmp_path):
+    only_config = tmp_path / "clip"
+    only_config.mkdir()
+    shutil.copy(Path(tiny_clip[0]) / "config.json", only_config / "config.json")
+    real = load_text_encoder("clip", tiny_clip[0], max_length=12)
+    shape = load_text_encoder("clip", only_config, max_length=12, shape_only=True)
+    leaves = jax.tree.leaves(shape.params)
+    assert all(isinstance(leaf, jax.ShapeDtypeStruct) for leaf in leaves)
+    assert [leaf.shape for leaf in leaves] == [leaf.shape for leaf in jax.tree.leaves(real.params)]
+    want, got = real.encode(TEXTS), shape.encode(TEXTS)
+    for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(got), strict=True):
+        assert a.shape == b.shape and a.dtype == b.dtype
+    assert not np.any(got.tokens) and not np.any(got.pooled) and np.all(got.mask)

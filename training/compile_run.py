@@ -123,14 +123,16 @@ def _itemsize(hlo_dtype: str) -> int:
 
 @dataclasses.dataclass(frozen=True)
 class _Compiled:
-    """One train step built for a device list and compiled, with what it was built from."""
+    """One train step built for a device list and compiled, with what it was built from;
+    `compiled` is None and `error` says why when the compiler refused it for lack of HBM."""
 
     experiment: Experiment
     state: TrainState
     shardings: TrainState
     batch: dict[str, jax.ShapeDtypeStruct]
-    compiled: jax.stages.Compiled
+    compiled: jax.stages.Compiled | None
     seconds: float
+    error: str = ""
 
 
 def _compile_train_step(run: RunConfig, devices: list) -> _Compiled:
@@ -144,8 +146,38 @@ def _compile_train_step(run: RunConfig, devices: list) -> _Compiled:
     lowered = step.lower(
         state, batch, None if frozen is None else abstract_tree(frozen, experiment.mesh)
     )
-    compiled = lowered.compile()
-    return _Compiled(experiment, state, shardings, batch, compiled, time.perf_counter() - start)
+    compiled, error = _compile_or_out_of_memory(lowered)
+    seconds = time.perf_counter() - start
+    return _Compiled(experiment, state, shardings, batch, compiled, seconds, error)
+
+
+def _compile_or_out_of_memory(lowered) -> tuple[jax.stages.Compiled | None, str]:
+    """(compiled, "") or, when the TPU compiler finds the program does not fit, (None, why)."""
+    try:
+        return lowered.compile(), ""
+    except jax.errors.JaxRuntimeError as error:
+        if "RESOURCE_EXHAUSTED" not in str(error) or _OUT_OF_MEMORY.search(str(error)) is None:
+            raise
+        return None, str(error)
+
+
+# libtpu: "... the total memory required for HLO temporaries (40.11G) exceeds available HBM
+# (15.75G)." (jax 0.10.2 / libtpu 0.0.42.1)
+_OUT_OF_MEMORY = re.compile(r"temporaries \((\d+(?:\.\d+)?)([KMGT])\)")
+
+
+def _memory_from_error(error: str, arguments: int) -> dict[str, int]:
+    """Per-device memory of a step the compiler refused: the temporaries its message gives and
+    the arguments counted from the abstract state and batch."""
+    value, unit = _OUT_OF_MEMORY.search(error).groups()
+    temporaries = int(float(value) * 2 ** (10 * ("KMGT".index(unit) + 1)))
+    parts = {
+        "arguments": arguments,
+        "temporaries": temporaries,
+        "outputs_not_aliased": 0,
+        "generated_code": 0,
+    }
+    return {**parts, "peak": arguments + temporaries}
 
 
 def _peak_bytes(compiled: jax.stages.Compiled) -> dict[str, int]:
@@ -189,19 +221,21 @@ def compile_report(
     devices_per_chip = len(devices) / chips
     hbm = chip.hbm_bytes / devices_per_chip
     peak_flops = chip.peak_bf16_flops / devices_per_chip
-    memory = _peak_bytes(step.compiled)
-    # The estimate comes from the loop-free twin when the step has loops (step_cost module).
-    estimated, twin_seconds = step.compiled, 0.0
-    twin_config = step_cost.counting_twin(config_dict)
-    if step_cost.has_loops(step.compiled) and twin_config.to_dict() != config_dict.to_dict():
-        twin = _compile_train_step(
-            RunConfig.from_configdict(twin_config, len(devices), hosts), devices
-        )
-        estimated, twin_seconds = twin.compiled, twin.seconds
-    cost = step_cost.cost(estimated)
-    flops = cost.get("flops", 0.0)
+    batch_bytes = sum(
+        leaf.size // sharding.num_batch_shards(mesh) * jnp.dtype(leaf.dtype).itemsize
+        for leaf in batch.values()
+    )
+    if step.compiled is None:
+        state_bytes = sum(shard_bytes(part) for part in (state.params, state.ema_params))
+        state_bytes += shard_bytes(state.opt_state)
+        memory = _memory_from_error(step.error, state_bytes + batch_bytes)
+    else:
+        memory = _peak_bytes(step.compiled)
+    cost, twin_seconds, repeats = _estimate_cost(step, config_dict, devices, hosts)
+    flops = cost.get("flops", 0.0) * repeats
     bandwidth = chip.hbm_bytes_per_second / devices_per_chip
     seconds, source, optimal, roofline = estimate_seconds(cost, peak_flops, bandwidth)
+    seconds, optimal, roofline = seconds * repeats, optimal * repeats, roofline * repeats
     model_flops = step_cost.model_flops(config_dict)
     mib = 2**20
     report = {
@@ -218,11 +252,7 @@ def compile_report(
             "params": shard_bytes(state.params) / mib,
             "ema_params": shard_bytes(state.ema_params) / mib,
             "optimizer_state": shard_bytes(state.opt_state) / mib,
-            "batch": sum(
-                leaf.size // sharding.num_batch_shards(mesh) * jnp.dtype(leaf.dtype).itemsize
-                for leaf in batch.values()
-            )
-            / mib,
+            "batch": batch_bytes / mib,
             **{part: size / mib for part, size in memory.items()},
             "hbm": hbm / mib,
         },
@@ -230,8 +260,9 @@ def compile_report(
         "model_flops_per_step": model_flops,
         "model_flops_per_image": model_flops / run.batch_size,
         "flops_per_device": flops,
-        "bytes_accessed_per_device": cost.get("bytes accessed", 0.0),
-        "estimated_from_loop_free_twin": estimated is not step.compiled,
+        "bytes_accessed_per_device": cost.get("bytes accessed", 0.0) * repeats,
+        "estimated_from_loop_free_twin": twin_seconds > 0,
+        "compiler_error": step.error,
         "compiler_optimal_seconds": optimal,
         "roofline_seconds": roofline,
         "estimate_source": source,
@@ -242,15 +273,35 @@ def compile_report(
         if seconds > 0
         else None,
         "peak_bf16_flops_per_device": peak_flops,
-        "collectives": collectives(step.compiled.as_text()),
+        "collectives": collectives(step.compiled.as_text()) if step.compiled else {},
         "seconds_to_compile": step.seconds + twin_seconds,
         "note": "compiler estimates (XLA's memory analysis and optimal_seconds), not measurements",
     }
-    if sampler and step.experiment.step_config.autoencoder is None:
+    if sampler and step.experiment.step_config.autoencoder is None and step.compiled:
         report["sampler"] = sampler_report(
             config_dict, step, devices, hosts, hbm, (peak_flops, bandwidth)
         )
     return report
+
+
+def _estimate_cost(
+    step: _Compiled, config_dict: ml_collections.ConfigDict, devices: list, hosts: int
+) -> tuple[dict[str, float], float, int]:
+    """(XLA's cost analysis, seconds spent compiling a twin, times it repeats per step) of what
+    the step time is estimated on: the step itself, or when it has loops its loop-free twin
+    (step_cost) at one micro-batch, repeated grad_accumulation_steps times. ({}, 0, 1) when
+    nothing compiled."""
+    if step.compiled is None:
+        return {}, 0.0, 1
+    twin_config = step_cost.counting_twin(config_dict)
+    if not step_cost.has_loops(step.compiled) or twin_config.to_dict() == config_dict.to_dict():
+        return step_cost.cost(step.compiled), 0.0, 1
+    repeats = step.experiment.run.training.grad_accumulation_steps
+    twin_config.batch_size = step.experiment.run.batch_size // repeats
+    twin = _compile_train_step(RunConfig.from_configdict(twin_config, len(devices), hosts), devices)
+    if twin.compiled is None:
+        return {}, twin.seconds, 1
+    return step_cost.cost(twin.compiled), twin.seconds, repeats
 
 
 def estimate_seconds(
@@ -289,9 +340,10 @@ def sampler_report(
     arguments = sample_fn.chain_arguments(step.state.ema_params, key)
     grid, cond = arguments[2], arguments[3]
     start = time.perf_counter()
-    chain = sample_fn.chain.lower(*_shape_only(arguments)).compile()
+    chain, error = _compile_or_out_of_memory(sample_fn.chain.lower(*_shape_only(arguments)))
     seconds = time.perf_counter() - start
-    memory = _peak_bytes(chain)
+    arguments_bytes = shard_bytes(step.state.ema_params)
+    memory = _peak_bytes(chain) if chain else _memory_from_error(error, arguments_bytes)
     evaluations = samplers.count_evaluations(grid, experiment.sampler.name)
     report = {
         "sampler": experiment.sampler.name,
@@ -299,10 +351,11 @@ def sampler_report(
         "images": sample_fn.num_images,
         "network_evaluations": evaluations,
         "per_device_mib": {part: size / 2**20 for part, size in memory.items()},
-        "fits": memory["peak"] <= hbm,
+        "fits": memory["peak"] <= hbm and chain is not None,
+        "compiler_error": error,
         "seconds_to_compile": seconds,
     }
-    if min(peak) > 0:
+    if min(peak) > 0 and chain is not None:
         twin_run = RunConfig.from_configdict(
             step_cost.counting_twin(config_dict), len(devices), hosts
         )
@@ -364,6 +417,8 @@ def format_report(report: dict[str, object]) -> str:
         f"{memory['peak']:.1f} of {memory['hbm']:.0f} MiB HBM: "
         + ("fits" if report["fits"] else "DOES NOT FIT"),
     ]
+    if report["compiler_error"]:
+        lines.append(f"the TPU compiler refused the step: {report['compiler_error']}")
     if report["estimate_source"]:
         twin = " (of the loop-free twin)" if report["estimated_from_loop_free_twin"] else ""
         source = {
@@ -429,7 +484,7 @@ def compile_for_topology(
                 section, field_name = dotted.split(".")
                 changed[section][field_name] = value
             try:
-                other = compile_report(changed, topology, slices)
+                other = compile_report(changed, topology, slices, sampler=False)
             except Exception as error:  # noqa: BLE001 (a switch the config refuses is reported)
                 report["alternatives"][label] = {"error": str(error)}
                 continue

@@ -190,3 +190,14 @@ def test_a_scanned_dit_is_estimated_on_its_loop_free_twin():
     assert report["estimated_from_loop_free_twin"] and report["estimated_step_seconds"] > 0
     # the compiler's count (per device, x4) covers all 6 blocks, not one: about the model FLOPs
     assert 0.9 <= 4 * report["flops_per_device"] / report["model_flops_per_step"] < 1.5
+
+
+def test_a_step_libtpu_refuses_for_hbm_is_reported_from_its_message():
+    # The message libtpu 0.0.42.1 gave for DiT-XL/2 at 32 images per v5e chip.
+    message = (
+        "RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO "
+        "temporaries (40.11G) exceeds available HBM (15.75G)."
+    )
+    memory = compile_run._memory_from_error(message, arguments=3 * 2**30)
+    assert memory["temporaries"] == int(40.11 * 2**30)
+    assert memory["peak"] == memory["temporaries"] + 3 * 2**30

@@ -443,7 +443,7 @@ def format_report(report: dict[str, object]) -> str:
         )
         if chain.get("estimated_chain_seconds"):
             line += (
-                f"; estimated {chain['estimated_chain_seconds']:.2f} s per chain -> "
+                f"; estimated {chain['estimated_chain_seconds'] * 1e3:.1f} ms per chain -> "
                 f"{chain['estimated_images_per_second']:.1f} images/s"
             )
         lines.append(line)

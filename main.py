@@ -99,7 +99,14 @@ def main(argv: list[str]) -> None:
         # runs use it, e.g. several CPU processes on one machine as tests/test_multihost.py does).
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
         jax.distributed.initialize(**distributed)
-    from training import compilation_cache, eval_run, export_run, loop, sample_run  # noqa: PLC0415
+    from training import (  # noqa: PLC0415
+        compilation_cache,
+        config_checks,
+        eval_run,
+        export_run,
+        loop,
+        sample_run,
+    )
     from training.run_config import RunConfig  # noqa: PLC0415
 
     if FLAGS.mode == "compile":  # checked against the TPU slice's devices, not this host's
@@ -114,6 +121,7 @@ def main(argv: list[str]) -> None:
     # The whole config, typed and checked once (ConfigError naming the field), before anything
     # compiles: JAX decides once per process whether the compilation cache is used.
     run = RunConfig.from_configdict(FLAGS.config)
+    config_checks.check_kernels_run_here(run)
     cache_dir = run.compilation_cache_dir
     cached = compilation_cache.enable_compilation_cache(cache_dir)
     if cached is not None:

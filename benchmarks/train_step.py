@@ -215,7 +215,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--compilation_cache", default="", help="persistent cache directory")
     parser.add_argument("--peak_flops", type=float, default=None, help="per-device FLOP/s")
     parser.add_argument(
-        "--attention_impl", choices=("", "xla", "cudnn"), default="", help='"": JAX chooses'
+        "--attention_impl",
+        choices=("", "xla", "cudnn", "pallas_tpu"),
+        default="",
+        help='"": JAX chooses; pallas_tpu runs on TPUs only',
     )
     parser.add_argument(
         "--conv_impl", choices=("dots", "xla"), default="dots", help="U-Net model.conv_impl"

@@ -1,17 +1,21 @@
-"""--mode=compile: the run's real train step compiled for a TPU slice it does not have.
+"""--mode=compile: the run's real train step and sampler chain compiled for a TPU slice it does
+not have.
 
     python main.py --mode=compile --config=configs/cifar_ddpm.py --workdir=runs/plan \\
         --config.compile.topology=v5e-64
 
 The experiment is built exactly as a training run builds it (config.mesh over the slice's
-devices, the same logical rules, shardings, dtype, remat and accumulation) on abstract inputs, and
-XLA's TPU compiler (libtpu, no TPU attached) compiles the step. Reported per device: the train
-state's bytes by part, XLA's argument / temporary / output bytes and the peak they add up to
-against the chip's HBM; the compiler's FLOPs, bytes accessed and `optimal_seconds` (its own
-estimate of the step time: a compiler estimate, not a measurement), and from them images/s and
-MFU against the chip's peak bf16 FLOP/s; the collectives in the compiled step. Written to
+devices, the same logical rules, shardings, dtype, remat and accumulation) on abstract inputs,
+frozen weights read as shapes only (training/stand_ins.py when their folder is missing), and
+XLA's TPU compiler (libtpu, no TPU attached) compiles the step and the chain. Reported per
+device: the train state's bytes by part, XLA's argument / temporary / output bytes and the peak
+they add up to against the chip's HBM; the model FLOPs (training/step_cost.py), the compiler's
+FLOPs and bytes accessed, and an estimated step time (`optimal_seconds`, else the roofline of the
+compiler's counts; of the loop-free twin when the step has loops) with the images/s and MFU it
+implies: compiler estimates, not measurements; the collectives in the compiled step. Written to
 `<workdir>/compile/<topology>.json`. A step that does not fit raises DoesNotFitError (main exits
-non-zero) after the report is written.
+non-zero) after the report is written. topology='cpu' compiles for this host's CPU devices (the
+check of the figures against a real run).
 """
 
 from __future__ import annotations

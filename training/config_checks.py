@@ -135,6 +135,20 @@ def check_model(run: RunConfig) -> None:
         )
 
 
+def check_kernels_run_here(run: RunConfig) -> None:
+    """Backend-specific kernels against the backend this process runs on (not checked for
+    --mode=compile, which compiles for a TPU slice from any machine)."""
+    backend = jax.default_backend()
+    if getattr(run.model, "attention_impl", None) == "pallas_tpu":
+        require(
+            backend == "tpu",
+            "model.attention_impl",
+            "pallas_tpu",
+            f"is a TPU kernel, but JAX's backend is {backend!r}; allowed here: None, 'xla' "
+            "(--mode=compile compiles it for a TPU slice from any machine).",
+        )
+
+
 def check_sampler(run: RunConfig) -> None:
     """The sampler against the process, the schedule's length and the conditioning."""
     sampler, diffusion = run.sampler, run.diffusion

@@ -233,3 +233,10 @@ def test_fast_path_switches_are_typed_and_bounded():
     config = _with(digits_ddpm, training__donate_state=False, data__device_prefetch=0)
     config.compilation_cache_dir = "/tmp/jax_cache"
     RunConfig.from_configdict(config, 8, process_count=1)
+
+
+def test_the_pallas_tpu_kernel_is_refused_off_tpu_before_anything_compiles(tiny_config):
+    tiny_config.model.attention_impl = "pallas_tpu"
+    run = RunConfig.from_configdict(tiny_config)  # --mode=compile builds it on any machine
+    with pytest.raises(ConfigError, match=r"model.attention_impl='pallas_tpu'.*'cpu'"):
+        config_checks.check_kernels_run_here(run)

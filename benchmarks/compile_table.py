@@ -10,6 +10,7 @@ instead of compiled again, so the command can be stopped and continued.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import time
@@ -63,6 +64,12 @@ flags.DEFINE_string("out", "runs/compile_table", "Where the per-row JSON reports
 flags.DEFINE_list("models", list(MODELS), f"Rows: {', '.join(MODELS)}.")
 flags.DEFINE_list("topologies", list(TOPOLOGIES), "Slices (JAX or Cloud names).")
 flags.DEFINE_list("attention", ["default"], "model.attention_impl values: default, pallas_tpu.")
+flags.DEFINE_list(
+    "configs",
+    [],
+    "Instead of --models: config files as they are (train step and sampler chain), e.g. "
+    "configs/digits_ddpm.py,configs/cifar_dit.py: does every config build for the slice.",
+)
 
 
 def row_report(
@@ -72,19 +79,26 @@ def row_report(
     from training import compile_run, stand_ins, tpu_topologies  # noqa: PLC0415
 
     suffix = ("" if attention == "default" else f"_{attention}") + ("_remat" if remat else "")
-    path = os.path.join(out, model, f"{topology}{suffix}.json")
+    path = os.path.join(
+        out, os.path.basename(model).removesuffix(".py"), f"{topology}{suffix}.json"
+    )
     if os.path.exists(path):
         with open(path) as file:
             return json.load(file)
     name, _ = tpu_topologies.resolve(topology)
-    config = MODELS[model][1](len(tpu_topologies.topology_devices(name)))
+    if model.startswith("configs/"):
+        module = importlib.import_module(model.removesuffix(".py").replace("/", "."))
+        config = module.get_config()
+    else:
+        config = MODELS[model][1](len(tpu_topologies.topology_devices(name)))
     if attention != "default":
         config.model.attention_impl = attention
     if remat:  # the first switch a step that does not fit tries (compile_run.memory_switches)
         config.model.remat = True
     config, _ = stand_ins.substitute(config, os.path.join(out, "stand_ins"))
     start = time.perf_counter()
-    report = compile_run.compile_report(config, topology, sampler=False)
+    sampler = model.startswith("configs/")
+    report = compile_run.compile_report(config, topology, sampler=sampler)
     report["wall_seconds"] = time.perf_counter() - start
     report["remat"] = bool(config.model.get("remat", False))
     os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -121,18 +135,29 @@ def main(argv: list[str]) -> None:
             f"--{name}={','.join(value) if isinstance(value, list) else value}"
             for name, value in (
                 ("out", FLAGS.out),
-                ("models", FLAGS.models),
+                ("configs", FLAGS.configs) if FLAGS.configs else ("models", FLAGS.models),
                 ("topologies", FLAGS.topologies),
                 ("attention", FLAGS.attention),
             )
         )
     )
+    sampler_column = " sampler chain |" if FLAGS.configs else ""
     print(
         "\n| model | slice | layout | peak HBM per device / HBM | fits | step (est.) | "
-        "images/s (est.) | MFU (est.) | model GFLOP per image |"
+        "images/s (est.) | MFU (est.) | model GFLOP per image |" + sampler_column
     )
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    for model in FLAGS.models:
+    print("| --- " * (10 if FLAGS.configs else 9) + "|")
+    for config_file in FLAGS.configs:
+        for topology in FLAGS.topologies:
+            report = row_report(config_file, topology, "default", FLAGS.out)
+            line = table_line(config_file, topology, "default", report)
+            chain = report.get("sampler")
+            if chain:
+                line += f" sampler {chain['per_device_mib']['peak']:.0f} MiB, " + (
+                    "fits |" if chain["fits"] else "DOES NOT FIT |"
+                )
+            print(line, flush=True)
+    for model in [] if FLAGS.configs else FLAGS.models:
         for topology in FLAGS.topologies:
             for attention in FLAGS.attention:
                 report = row_report(model, topology, attention, FLAGS.out)

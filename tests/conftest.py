@@ -36,3 +36,23 @@ def fast_compiles():
     jax.config.update("jax_disable_most_optimizations", True)
     yield
     jax.config.update("jax_disable_most_optimizations", previous)
+
+
+# The longest test files, longest first (seconds on the CI machine, docs/PERFORMANCE.md). CI runs
+# `-n 2 --dist loadfile`: each worker takes whole files in collection order, so a long file
+# collected last would run alone at the end; started first, the short files fill in around it.
+LONGEST_FIRST = (
+    "tests/test_notebooks.py",  # ~360 s: two notebooks in real kernels
+    "tests/training/test_compile_run.py",  # ~300 s: TPU and CPU compiles
+    "tests/test_fault_injection.py",  # ~185 s
+    "tests/training/test_latent.py",  # ~150 s with the latent resume
+    "tests/training/test_configs_shard.py",  # ~135 s for the CIFAR text FSDP compile
+    "tests/test_gcs_runs.py",  # ~110 s per kill-and-resume run
+    "tests/test_multihost.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Longest files first (stable for the rest), the same order in every xdist worker."""
+    rank = {path: index for index, path in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))

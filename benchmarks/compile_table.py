@@ -107,13 +107,18 @@ def row_report(
     return report
 
 
+def _figure(value: float) -> str:
+    """Three significant figures at most, no exponent: 983, 1.92, 0.0234."""
+    return f"{value:.0f}" if value >= 100 else f"{value:.3g}"
+
+
 def table_line(label: str, topology: str, attention: str, report: dict[str, object]) -> str:
     """One markdown row: slice, layout, HBM per chip, fits, step time, images/s, MFU."""
     memory = report["per_device_mib"]
     mesh = "x".join(f"{axis}{size}" for axis, size in report["mesh"].items() if size > 1)
     step = report["estimated_step_seconds"]
     timing = (
-        f"{step * 1e3:.0f} ms | {report['estimated_images_per_second']:.0f} | "
+        f"{_figure(step * 1e3)} ms | {report['estimated_images_per_second']:.0f} | "
         f"{100 * report['estimated_mfu']:.1f}%"
         if step and step > 0
         else "n/a | n/a | n/a"
@@ -123,7 +128,7 @@ def table_line(label: str, topology: str, attention: str, report: dict[str, obje
         f"| {label}{impl} | {topology} ({report['chips']} chips) | {mesh or 'replicated'} | "
         f"{memory['peak'] / 1024:.1f} / {memory['hbm'] / 1024:.0f} GiB | "
         f"{'yes' if report['fits'] else 'NO'} | {timing} | "
-        f"{report['model_flops_per_image'] / 1e9:.0f} |"
+        f"{_figure(report['model_flops_per_image'] / 1e9)} |"
     )
 
 

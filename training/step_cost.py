@@ -53,7 +53,8 @@ def model_flops(config: ml_collections.ConfigDict) -> float:
     from training import compile_run  # noqa: PLC0415 (compile_run imports this module)
 
     plain = counting_twin(config)
-    plain.model.remat = False
+    if "remat" in plain.model:
+        plain.model.remat = False
     if plain.model.get("attention_impl") == "pallas_tpu":  # a TPU kernel; the same FLOPs
         plain.model.attention_impl = None
     for axis in ("data", "fsdp", "tensor"):

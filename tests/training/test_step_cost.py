@@ -24,3 +24,11 @@ def test_model_flops_match_the_closed_form_and_ignore_scan_remat_and_accumulatio
     assert 1.0 <= flops / config.batch_size / closed < 1.15
     config.model.remat, config.training.grad_accumulation_steps = True, 2
     assert step_cost.model_flops(config) == pytest.approx(flops, rel=1e-6)
+
+
+def test_model_flops_of_an_autoencoder_run():
+    from configs import digits_vae  # noqa: PLC0415 (a model section without remat)
+
+    config = digits_vae.get_config()
+    assert "remat" not in config.model
+    assert step_cost.model_flops(config) > 0

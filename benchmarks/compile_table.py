@@ -32,10 +32,13 @@ def _cifar_unet(devices: int) -> ml_collections.ConfigDict:
     return cifar_ddpm.get_config()
 
 
-def _dit(size: str, fsdp: bool) -> Callable[[int], ml_collections.ConfigDict]:
+def _dit(
+    size: str, fsdp: bool, image_size: int = 256, batch: int = 256
+) -> Callable[[int], ml_collections.ConfigDict]:
     def config(devices: int) -> ml_collections.ConfigDict:
         dit = imagenet_latent_dit.get_config()  # 256 px through the SD VAE, batch 256
         dit.model.size = size
+        dit.data.image_size, dit.batch_size = image_size, batch
         if fsdp:  # the state split over (up to) the 8 chips of a host, data parallel across
             dit.mesh.data, dit.mesh.fsdp = -1, min(8, devices)
         return dit
@@ -56,6 +59,8 @@ MODELS: dict[str, tuple[str, Callable[[int], ml_collections.ConfigDict]]] = {
     "cifar_unet": ("CIFAR DDPM U-Net (35.7M), 32 px, batch 128", _cifar_unet),
     "dit_b2": ("DiT-B/2 (130M), 256 px via SD VAE, batch 256", _dit("B", fsdp=False)),
     "dit_xl2": ("DiT-XL/2 (675M), 256 px via SD VAE, batch 256", _dit("XL", fsdp=True)),
+    # 512 px: 64x64 latents, 1024 tokens, where attention is long enough for pallas_tpu to matter
+    "dit_b2_512": ("DiT-B/2, 512 px via SD VAE, batch 64", _dit("B", False, 512, 64)),
     "sd15_unet": ("SD 1.5 U-Net (860M), 512 px, 2 per device", _sd_unet),
 }
 

@@ -20,6 +20,7 @@ import ml_collections
 from absl import app, flags
 
 from configs import cifar_ddpm, imagenet_latent_dit, sd_pretrained
+from errors import ConfigError
 
 TOPOLOGIES = ("v5e-8", "v5e-64", "v5e-256", "v4-32", "v5p-128")
 # The DiT paper's TPU v3-256 pod figure: 5.7 training iterations/s of DiT-XL/2 at batch 256.
@@ -170,7 +171,11 @@ def main(argv: list[str]) -> None:
     for model in [] if FLAGS.configs else FLAGS.models:
         for topology in FLAGS.topologies:
             for attention in FLAGS.attention:
-                report = row_report(model, topology, attention, FLAGS.out)
+                try:
+                    report = row_report(model, topology, attention, FLAGS.out)
+                except ConfigError as error:  # e.g. a batch smaller than the slice's devices
+                    print(f"| {MODELS[model][0]} | {topology} | {error} |", flush=True)
+                    continue
                 print(table_line(MODELS[model][0], topology, attention, report), flush=True)
                 if not report["fits"] and not report["remat"]:
                     report = row_report(model, topology, attention, FLAGS.out, remat=True)

@@ -4,7 +4,7 @@ import json
 import jax
 import pytest
 
-from training import compile_run, tpu_topologies
+from training import compile_run, compile_text, tpu_topologies
 
 HLO = """
   %all-reduce.1 = (f32[16]{0:T(128)S(1)}, /*index=1*/f32[3,3,1,16]{3,2,1,0:T(1,128)}) \
@@ -16,7 +16,7 @@ all-reduce(f32[16] %a, f32[3,3,1,16] %b), channel_id=1
 
 
 def test_collectives_are_counted_with_their_result_bytes():
-    found = compile_run.collectives(HLO)
+    found = compile_text.collectives(HLO)
     assert found == {
         "all-reduce": {"count": 1, "bytes": (16 + 3 * 3 * 16) * 4},
         "all-gather": {"count": 1, "bytes": 8 * 128 * 2},  # the -done half is not counted again

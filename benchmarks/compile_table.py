@@ -167,6 +167,8 @@ def main(argv: list[str]) -> None:
                 line += f" sampler {chain['per_device_mib']['peak']:.0f} MiB, " + (
                     "fits |" if chain["fits"] else "DOES NOT FIT |"
                 )
+            else:  # the step does not fit (compile_run.compile_report) or a latent run
+                line += " not compiled |"
             print(line, flush=True)
     for model in [] if FLAGS.configs else FLAGS.models:
         for topology in FLAGS.topologies:

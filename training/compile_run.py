@@ -13,9 +13,10 @@ they add up to against the chip's HBM; the model FLOPs (training/step_cost.py), 
 FLOPs and bytes accessed, and an estimated step time (`optimal_seconds`, else the roofline of the
 compiler's counts; of the loop-free twin when the step has loops) with the images/s and MFU it
 implies: compiler estimates, not measurements; the collectives in the compiled step. Written to
-`<workdir>/compile/<topology>.json`. A step that does not fit raises DoesNotFitError (main exits
-non-zero) after the report is written. topology='cpu' compiles for this host's CPU devices (the
-check of the figures against a real run).
+`<workdir>/compile/<topology>.json`. A step that does not fit is reported without its sampler
+chain (`sampler_not_compiled` says why) and raises DoesNotFitError (main exits non-zero) after
+the report is written. topology='cpu' compiles for this host's CPU devices (the check of the
+figures against a real run).
 """
 
 from __future__ import annotations
@@ -183,8 +184,8 @@ def compile_report(
     *,
     sampler: bool = True,
 ) -> dict[str, object]:
-    """Builds the run for `topology`, compiles its train step (and sampler chain) there and
-    reports (see module)."""
+    """Builds the run for `topology`, compiles its train step (and, when the step fits, its
+    sampler chain) there and reports (see module)."""
     name, devices, chip = _target(topology, num_slices)
     hosts = len({device.process_index for device in devices})
     config_dict = config.to_configdict() if isinstance(config, RunConfig) else config
@@ -251,10 +252,13 @@ def compile_report(
         "seconds_to_compile": step.seconds + twin_seconds,
         "note": "compiler estimates (XLA's memory analysis and optimal_seconds), not measurements",
     }
-    if sampler and step.experiment.step_config.autoencoder is None and step.compiled:
-        report["sampler"] = sampler_report(
-            config_dict, step, devices, hosts, hbm, (peak_flops, bandwidth)
-        )
+    if sampler and step.experiment.step_config.autoencoder is None:
+        if report["fits"] and step.compiled:
+            report["sampler"] = sampler_report(
+                config_dict, step, devices, hosts, hbm, (peak_flops, bandwidth)
+            )
+        else:  # the step needs its fix first; the chain is compiled with the fixed config
+            report["sampler_not_compiled"] = "the train step does not fit"
     return report
 
 

@@ -83,6 +83,8 @@ def format_report(report: dict[str, object]) -> str:
                 f"{chain['estimated_images_per_second']:.1f} images/s"
             )
         lines.append(line)
+    elif report.get("sampler_not_compiled"):
+        lines.append(f"sampler chain not compiled: {report['sampler_not_compiled']}")
     ops = ", ".join(
         f"{op} x{found['count']} ({found['bytes'] / 2**20:.1f} MiB)"
         for op, found in report["collectives"].items()

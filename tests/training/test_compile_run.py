@@ -96,7 +96,7 @@ def test_tiny_config_on_v5e_2x2_matches_the_hand_count_and_fsdp_quarters_params(
 @pytest.mark.slow
 @needs_libtpu
 def test_a_step_that_cannot_fit_says_by_how_much_and_what_was_tried(
-    tiny_config, tmp_path, monkeypatch
+    tiny_config, tmp_path, monkeypatch, capsys
 ):
     # A chip of 8 MiB: the tiny step (~70 MiB per device with code) cannot fit. (A config too
     # big for a real 16 GiB chip takes the TPU compiler over 15 minutes on 2 cores.)
@@ -110,6 +110,10 @@ def test_a_step_that_cannot_fit_says_by_how_much_and_what_was_tried(
     report = json.loads((tmp_path / "compile" / "v5e_2x2.json").read_text())
     assert report["fits"] is False
     assert report["per_device_mib"]["peak"] > report["per_device_mib"]["hbm"] == 8
+    # the sampler chain waits for a step that fits (it would be compiled with the fixed config)
+    assert "sampler" not in report
+    assert report["sampler_not_compiled"] == "the train step does not fit"
+    assert "sampler chain not compiled: the train step does not fit" in capsys.readouterr().out
     # the one switch this config does not use yet was tried, compiled and reported
     assert list(report["alternatives"]) == ["training.grad_accumulation_steps=4"]
     assert report["alternatives"]["training.grad_accumulation_steps=4"]["fits"] is False

@@ -78,8 +78,9 @@ def reference_endpoints(
 
 
 def sigma_min_floor(denoise, x_T: np.ndarray, train_sigmas: np.ndarray, reference) -> float:
-    """The error of the exact ODE down to sigma_min followed by D(x, sigma_min): what a grid that
-    ends with a first-order jump from the schedule's first level to 0 cannot go below."""
+    """The error of the exact ODE down to sigma_min followed by D(x, sigma_min): the floor of a
+    grid whose last step jumps from the schedule's first level to 0 by returning the denoiser's
+    x0 (a multistep last step, LMS's, extrapolates instead and can land below it)."""
     x = np.asarray(x_T, np.float64) * np.sqrt(1.0 + train_sigmas[-1] ** 2)
     jumped = analytic.pf_ode_endpoint(
         denoise, x, train_sigmas[-1], train_sigmas[0], REFERENCE_STEPS
@@ -271,7 +272,7 @@ def main() -> None:
     floor = sigma_min_floor(denoise, x_T, train_sigmas, reference)
     print(
         "figure: per-sample RMS over dims of (endpoint - reference), mean over the batch; exact "
-        f"ODE to sigma_min = {train_sigmas[0]:.4f} then D(x, sigma_min): {floor:.2e}"
+        f"ODE to sigma_min = {train_sigmas[0]:.4f} then x0 = D(x, sigma_min) is off by {floor:.2e}"
     )
     check_driver_matches_sample(model_fn, schedule, jnp.asarray(x_T))
 

@@ -11,12 +11,12 @@ XLA's TPU compiler (libtpu, no TPU attached) compiles the step and the chain. Re
 device: the train state's bytes by part, XLA's argument / temporary / output bytes and the peak
 they add up to against the chip's HBM; the model FLOPs (training/step_cost.py), the compiler's
 FLOPs and bytes accessed, and an estimated step time (`optimal_seconds`, else the roofline of the
-compiler's counts; of the loop-free twin when the step has loops) with the images/s and MFU it
-implies: compiler estimates, not measurements; the collectives in the compiled step. Written to
-`<workdir>/compile/<topology>.json`. A step that does not fit is reported without its sampler
-chain (`sampler_not_compiled` says why) and raises DoesNotFitError (main exits non-zero) after
-the report is written. topology='cpu' compiles for this host's CPU devices (the check of the
-figures against a real run).
+compiler's counts; of the loop-free twin when the step has loops, and then only for a step that
+fits) with the images/s and MFU it implies: compiler estimates, not measurements; the
+collectives in the compiled step. Written to `<workdir>/compile/<topology>.json`. A step that
+does not fit is reported without its sampler chain (`sampler_not_compiled` says why) and raises
+DoesNotFitError (main exits non-zero) after the report is written. topology='cpu' compiles for
+this host's CPU devices (the check of the figures against a real run).
 """
 
 from __future__ import annotations
@@ -206,7 +206,8 @@ def compile_report(
         memory = _memory_from_error(step.error, state_bytes + batch_bytes)
     else:
         memory = _peak_bytes(step.compiled)
-    cost, twin_seconds, repeats = _estimate_cost(step, config_dict, devices, hosts)
+    fits = memory["peak"] <= hbm
+    cost, twin_seconds, repeats = _estimate_cost(step, config_dict, devices, hosts, fits)
     flops = cost.get("flops", 0.0) * repeats
     bandwidth = chip.hbm_bytes_per_second / devices_per_chip
     seconds, source, optimal, roofline = estimate_seconds(cost, peak_flops, bandwidth)
@@ -231,7 +232,7 @@ def compile_report(
             **{part: size / mib for part, size in memory.items()},
             "hbm": hbm / mib,
         },
-        "fits": memory["peak"] <= hbm,
+        "fits": fits,
         "model_flops_per_step": model_flops,
         "model_flops_per_image": model_flops / run.batch_size,
         "flops_per_device": flops,
@@ -263,17 +264,24 @@ def compile_report(
 
 
 def _estimate_cost(
-    step: _Compiled, config_dict: ml_collections.ConfigDict, devices: list, hosts: int
+    step: _Compiled,
+    config_dict: ml_collections.ConfigDict,
+    devices: list,
+    hosts: int,
+    fits: bool,
 ) -> tuple[dict[str, float], float, int]:
     """(XLA's cost analysis, seconds spent compiling a twin, times it repeats per step) of what
     the step time is estimated on: the step itself, or when it has loops its loop-free twin
     (step_cost) at one micro-batch, repeated grad_accumulation_steps times. ({}, 0, 1) when
-    nothing compiled."""
+    nothing compiled, or when the step needs a twin but does not fit (the twin is another
+    compile as long as the step's, for the time of a step that cannot run)."""
     if step.compiled is None:
         return {}, 0.0, 1
     twin_config = step_cost.counting_twin(config_dict)
     if not step_cost.has_loops(step.compiled) or twin_config.to_dict() == config_dict.to_dict():
         return step_cost.cost(step.compiled), 0.0, 1
+    if not fits:
+        return {}, 0.0, 1
     repeats = step.experiment.run.training.grad_accumulation_steps
     twin_config.batch_size = step.experiment.run.batch_size // repeats
     twin = _compile_train_step(RunConfig.from_configdict(twin_config, len(devices), hosts), devices)

@@ -116,7 +116,11 @@ def test_a_step_that_cannot_fit_says_by_how_much_and_what_was_tried(
     assert "sampler chain not compiled: the train step does not fit" in capsys.readouterr().out
     # the one switch this config does not use yet was tried, compiled and reported
     assert list(report["alternatives"]) == ["training.grad_accumulation_steps=4"]
-    assert report["alternatives"]["training.grad_accumulation_steps=4"]["fits"] is False
+    tried = report["alternatives"]["training.grad_accumulation_steps=4"]
+    assert tried["fits"] is False and tried["peak_mib"] > 8
+    # not timed: a step with a loop (accumulation) is timed on its loop-free twin, another
+    # compile, only when it fits
+    assert tried["estimated_step_seconds"] == 0
 
 
 def test_main_exits_non_zero_when_the_step_does_not_fit(monkeypatch, tmp_path):

@@ -148,8 +148,8 @@ def get_config() -> ml_collections.ConfigDict:
 
     # --- Sampling: sampler.* ----------------------------------------------------------------------
     config.sampler = ml_collections.ConfigDict()
-    # One of: ddpm, ddim, euler, euler_ancestral, heun, dpmpp_2m, dpmpp_2m_sde, lms, unipc (flow:
-    # euler, heun).
+    # One of: ddpm, ddim, euler, euler_ancestral, heun, dpmpp_2m, dpmpp_2m_sde, lms, unipc,
+    # dpmpp_3m, dpmpp_3m_sde, unipc_bh1, unipc_3, unipc_3_bh1, ipndm, deis (flow: euler, heun).
     config.sampler.name = "ddim"
     config.sampler.num_steps = 100  # Reverse steps (Heun evaluates the network twice per step).
     # Pad the step grid to this length so every num_steps <= max_steps shares one compile (padding

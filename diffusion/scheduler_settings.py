@@ -117,6 +117,18 @@ DIFFUSERS_CLASSES: dict[str, DiffusersClass] = {
     "dpmpp_2m": DiffusersClass("DPMSolverMultistepScheduler", "linspace", None, True, True),
     "dpmpp_2m_sde": DiffusersClass("DPMSolverMultistepScheduler", "linspace", None, True, True),
     "unipc": DiffusersClass("UniPCMultistepScheduler", "linspace", None, True, True),
+    "dpmpp_3m": DiffusersClass("DPMSolverMultistepScheduler", "linspace", None, True, True),
+    "dpmpp_3m_diffusers": DiffusersClass(
+        "DPMSolverMultistepScheduler", "linspace", None, True, True
+    ),
+    "dpmpp_3m_sde": DiffusersClass("DPMSolverMultistepScheduler", "linspace", None, True, True),
+    "unipc_bh1": DiffusersClass("UniPCMultistepScheduler", "linspace", None, True, True),
+    "unipc_3": DiffusersClass("UniPCMultistepScheduler", "linspace", None, True, True),
+    "unipc_3_bh1": DiffusersClass("UniPCMultistepScheduler", "linspace", None, True, True),
+    "deis": DiffusersClass("DEISMultistepScheduler", "linspace", None, True, True),
+    # No diffusers class steps as iPNDM (its IPNDMScheduler has its own schedule): the settings
+    # Euler would take.
+    "ipndm": DiffusersClass("EulerDiscreteScheduler", "linspace", None, False, True),
 }
 
 

@@ -9,11 +9,14 @@ every sampler serves every parameterisation. `g` is one row of the grid (grids.p
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from diffusion import multistep
 
 Denoiser = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]  # (x, sigma, t) -> x0
 State = dict[str, jax.Array]
@@ -87,17 +90,6 @@ def lms_step(denoise: Denoiser, x, state: State, g: Step, noise, eta) -> tuple[j
     return x + jnp.sum(coeffs * history, axis=0), {"derivatives": history}
 
 
-def _half_log_snr(sigma: jax.Array) -> jax.Array:
-    """lambda = log(alpha / sigma_VP) = -log(sigma); +inf at sigma = 0."""
-    return -jnp.log(sigma)
-
-
-def _safe_ratio(numerator: jax.Array, denominator: jax.Array) -> jax.Array:
-    """numerator / denominator where the denominator is finite and nonzero, else 1."""
-    ok = jnp.isfinite(denominator) & (denominator != 0)
-    return jnp.where(ok, numerator / jnp.where(ok, denominator, 1.0), 1.0)
-
-
 def _dpm_multistep_x0(
     denoise: Denoiser, x, state: State, g: Step
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -105,8 +97,8 @@ def _dpm_multistep_x0(
     form, Lu et al. 2022), falling back to x0 on the first and the final step."""
     sigma, sigma_next = g["sigma"], g["sigma_next"]
     x0 = denoise(x, sigma, g["t"])
-    h = _half_log_snr(sigma_next) - _half_log_snr(sigma)
-    r = _safe_ratio(state["h"], h)
+    h = multistep.half_log_snr(sigma_next) - multistep.half_log_snr(sigma)
+    r = multistep.safe_ratio(state["h"], h)
     second_order = (g["index"] > 0) & (g["steps_left"] > 1)
     d = jnp.where(second_order, x0 + (x0 - state["x0"]) / (2.0 * r), x0)
     return x0, h, d
@@ -130,58 +122,6 @@ def dpmpp_2m_sde_step(
     x_next = (g["sigma_next"] / g["sigma"]) * jnp.exp(-h) * x + one_minus * d
     x_next = x_next + g["sigma_next"] * jnp.sqrt(one_minus) * noise
     return x_next, {"x0": x0, "h": h}
-
-
-def _unipc_b(h: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """B(h) = e^{-h} - 1 (the bh2 choice) and the first two right-hand sides b_1, b_2 of the UniC
-    order conditions (Zhao et al. 2023, eq. 8 / Algorithm 3, data-prediction form)."""
-    hh = -h
-    phi_1 = jnp.expm1(hh)
-    b_1 = (phi_1 / hh - 1.0) / phi_1
-    b_2 = ((phi_1 / hh - 1.0) / hh - 0.5) * 2.0 / phi_1
-    return phi_1, b_1, b_2
-
-
-def unipc_step(denoise: Denoiser, x, state: State, g: Step, noise, eta) -> tuple[jax.Array, State]:
-    """UniPC-bh2 of order 2 (Zhao et al. 2023): UniC corrects x_i with the new x0, UniP predicts.
-
-    The corrector reuses the evaluation the predictor needs anyway, so one NFE per step.
-    """
-    sigma, sigma_next, index = g["sigma"], g["sigma_next"], g["index"]
-    x0 = denoise(x, sigma, g["t"])
-    lam = _half_log_snr(sigma)
-
-    # UniC: redo the previous step from x_last with the x0 just computed at its end point.
-    h = lam - state["lam1"]
-    phi_1, b_1, b_2 = _unipc_b(jnp.where(index > 0, h, 1.0))
-    r_1 = _safe_ratio(state["lam2"] - state["lam1"], h)
-    rho_a = _safe_ratio(b_1 - b_2, 1.0 - r_1)  # solves [[1, 1], [r_1, 1]] rho = [b_1, b_2]
-    rho_b = b_1 - rho_a
-    change = x0 - state["m1"]
-    second = rho_a * (state["m2"] - state["m1"]) / r_1 + rho_b * change
-    correction = jnp.where(state["order"] == 2, second, 0.5 * change)
-    corrected = (sigma / state["sigma1"]) * state["x_last"] - phi_1 * state["m1"]
-    corrected = corrected - phi_1 * correction
-    x = jnp.where(index > 0, corrected, x)
-
-    # UniP: order 2 when one older x0 exists and this is not the last step.
-    order = jnp.minimum(jnp.minimum(2, g["steps_left"]), index + 1)
-    h = _half_log_snr(sigma_next) - lam
-    phi_1 = jnp.expm1(-h)
-    r_1 = _safe_ratio(state["lam1"] - lam, h)
-    d_1 = (state["m1"] - x0) / r_1
-    x_next = (sigma_next / sigma) * x - phi_1 * x0
-    x_next = jnp.where(order == 2, x_next - phi_1 * 0.5 * d_1, x_next)
-    new_state = {
-        "x_last": x,
-        "m1": x0,
-        "m2": state["m1"],
-        "lam1": lam,
-        "lam2": state["lam1"],
-        "sigma1": sigma,
-        "order": order,
-    }
-    return x_next, new_state
 
 
 def lms_coefficients(sigmas: np.ndarray, order: int = LMS_MAX_ORDER) -> np.ndarray:
@@ -221,19 +161,6 @@ def _lms_state(x: jax.Array) -> State:
     return {"derivatives": jnp.zeros((LMS_MAX_ORDER, *x.shape), x.dtype)}
 
 
-def _unipc_state(x: jax.Array) -> State:
-    zero = jnp.zeros((), x.dtype)
-    return {
-        "x_last": jnp.zeros_like(x),
-        "m1": jnp.zeros_like(x),
-        "m2": jnp.zeros_like(x),
-        "lam1": zero,
-        "lam2": zero,
-        "sigma1": jnp.ones((), x.dtype),
-        "order": jnp.zeros((), jnp.int32),
-    }
-
-
 def _one_evaluation(g: Step) -> jax.Array:
     return jnp.ones((), jnp.int32)
 
@@ -245,6 +172,15 @@ def _heun_evaluations(g: Step) -> jax.Array:
 
 def _lms_rows(sigmas: np.ndarray, order: int) -> dict[str, np.ndarray]:
     return {"lms_coeffs": lms_coefficients(sigmas, order)}
+
+
+def _deis_rows(sigmas: np.ndarray, order: int) -> dict[str, np.ndarray]:
+    """DEIS's own third-order weights (lms_order is LMS's setting)."""
+    return {"lms_coeffs": multistep.deis_coefficients(sigmas, width=LMS_MAX_ORDER)}
+
+
+def _unipc(max_order: int, variant: str) -> StepFn:
+    return functools.partial(multistep.unipc_step, max_order=max_order, variant=variant)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -273,7 +209,27 @@ SAMPLERS: dict[str, SamplerSpec] = {
     "dpmpp_2m": SamplerSpec(dpmpp_2m_step, init_state=_multistep_state, skip_zero=True),
     "dpmpp_2m_sde": SamplerSpec(dpmpp_2m_sde_step, init_state=_multistep_state, skip_zero=True),
     "lms": SamplerSpec(lms_step, init_state=_lms_state, grid_rows=_lms_rows),
-    "unipc": SamplerSpec(unipc_step, init_state=_unipc_state, skip_zero=True),
+    "unipc": SamplerSpec(_unipc(2, "bh2"), init_state=multistep.unipc_state, skip_zero=True),
+    # Third-order and few-step methods (multistep.py).
+    "dpmpp_3m": SamplerSpec(
+        multistep.dpmpp_3m_step, init_state=multistep.dpmpp_3m_state, skip_zero=True
+    ),
+    "dpmpp_3m_diffusers": SamplerSpec(
+        multistep.dpmpp_3m_diffusers_step, init_state=multistep.dpmpp_3m_state, skip_zero=True
+    ),
+    "dpmpp_3m_sde": SamplerSpec(
+        multistep.dpmpp_3m_sde_step, init_state=multistep.dpmpp_3m_state, skip_zero=True
+    ),
+    "unipc_bh1": SamplerSpec(_unipc(2, "bh1"), init_state=multistep.unipc_state, skip_zero=True),
+    "unipc_3": SamplerSpec(_unipc(3, "bh2"), init_state=multistep.unipc_state, skip_zero=True),
+    "unipc_3_bh1": SamplerSpec(_unipc(3, "bh1"), init_state=multistep.unipc_state, skip_zero=True),
+    "ipndm": SamplerSpec(
+        multistep.ipndm_step,
+        processes=("ddpm", "flow"),
+        init_state=multistep.ipndm_state,
+        skip_zero=True,
+    ),
+    "deis": SamplerSpec(lms_step, init_state=_lms_state, grid_rows=_deis_rows, skip_zero=True),
 }
 
 

@@ -295,7 +295,7 @@ def test_samplers_that_cannot_integrate_flow_are_refused():
     x = jnp.zeros((1, 2))
     with pytest.raises(ValueError, match=r"sampler='unipc' cannot integrate the 'flow' process"):
         _flow_sample(x, "unipc", 10)
-    assert set(solvers.names_for("flow")) == {"euler", "heun"}
+    assert set(solvers.names_for("flow")) == {"euler", "heun", "ipndm"}
     assert set(solvers.names_for("ddpm")) == set(solvers.SAMPLERS)
 
 

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffusion import grids, samplers, scheduler_settings, schedules, solvers
+from diffusion import grids, multistep, samplers, scheduler_settings, schedules, solvers
 from tests.diffusion import sd_scheduler_configs
 
 torch = pytest.importorskip("torch")
@@ -60,6 +60,39 @@ REFERENCES = {
         False,
     ),
 }
+# Third-order methods diffusers has too. dpmpp_3m and dpmpp_3m_sde are not here: they weight the
+# second divided difference so that quadratics integrate exactly, diffusers does not (see
+# diffusion/multistep.py); tests/diffusion/test_multistep.py checks them against the integral.
+NEW_REFERENCES = {
+    "dpmpp_3m_diffusers": (
+        "DPMSolverMultistepScheduler",
+        {"algorithm_type": "dpmsolver++", "solver_order": 3},
+        False,
+        False,
+    ),
+    "unipc_bh1": (
+        "UniPCMultistepScheduler",
+        {"solver_type": "bh1", "solver_order": 2, "predict_x0": True},
+        False,
+        False,
+    ),
+    "unipc_3": (
+        "UniPCMultistepScheduler",
+        {"solver_type": "bh2", "solver_order": 3, "predict_x0": True},
+        False,
+        False,
+    ),
+    "unipc_3_bh1": (
+        "UniPCMultistepScheduler",
+        {"solver_type": "bh1", "solver_order": 3, "predict_x0": True},
+        False,
+        False,
+    ),
+    # Compared on diffusers' own grid only (test_deis_matches_diffusers_on_its_grid).
+    "deis": ("DEISMultistepScheduler", {"solver_order": 3}, False, False),
+}
+SD_SAMPLERS = tuple(REFERENCES)  # the Stable Diffusion settings cases keep to the first wave
+REFERENCES = REFERENCES | NEW_REFERENCES
 # Settings of the plain-schedule cases that differ from the classes' defaults.
 PLAIN_SETTINGS = {
     "ddpm": {"clip_sample": False},
@@ -95,7 +128,11 @@ def _reference(sampler, schedule, num_steps, spacing, x_T, noises, eta):
 def _check_grid(scheduler, sampler, timesteps, sigmas, karras=False):
     """diffusers' own grid (timesteps, and sigmas where it keeps them) must equal ours."""
     class_name, _, sigma_scaled, _ = REFERENCES[sampler]
-    if class_name in ("DPMSolverMultistepScheduler", "UniPCMultistepScheduler"):
+    if class_name in (
+        "DPMSolverMultistepScheduler",
+        "UniPCMultistepScheduler",
+        "DEISMultistepScheduler",
+    ):
         np.testing.assert_allclose(scheduler.sigmas.numpy(), sigmas, rtol=1e-5, atol=1e-7)
         if karras:  # ... except that they round Karras timesteps for the model
             scheduler.timesteps = torch.tensor(timesteps, dtype=torch.float32)
@@ -182,6 +219,15 @@ CASES = [
     ("unipc", 20, "karras"),
     ("unipc", 16, "linspace"),
     ("unipc", 12, "leading"),
+    ("dpmpp_3m_diffusers", 10, "trailing"),
+    ("dpmpp_3m_diffusers", 20, "karras"),
+    ("dpmpp_3m_diffusers", 16, "leading"),
+    ("unipc_bh1", 10, "trailing"),
+    ("unipc_3", 10, "trailing"),
+    ("unipc_3", 20, "karras"),
+    ("unipc_3", 6, "linspace"),
+    ("unipc_3_bh1", 12, "leading"),
+    ("unipc_3_bh1", 25, "trailing"),
 ]
 
 
@@ -204,6 +250,42 @@ def test_trajectory_matches_diffusers(sampler, num_steps, spacing):
         return_trajectory=True,
     )
     reference = _reference(sampler, schedule, num_steps, spacing, x_T, noises, eta)
+    if sampler.endswith("bh1"):
+        # diffusers' bh1 UniPC multiplies B(h) = -h = -inf by a zero correction on the final
+        # step onto sigma = 0 and returns NaN (diffusers 0.42); ours lands on the x0 estimate.
+        assert np.isnan(reference[-1]).all()
+        trajectory = np.asarray(ours.trajectory)
+        assert np.isfinite(trajectory[-1]).all()
+        scale = np.max(np.abs(reference[:-1]), axis=tuple(range(1, reference.ndim)), keepdims=True)
+        np.testing.assert_array_less(np.abs(trajectory[:-1] - reference[:-1]) / scale, 1e-5)
+        return
+    _assert_trajectories_match(ours, reference)
+
+
+@pytest.mark.parametrize("num_steps,spacing", [(10, "trailing"), (20, "linspace"), (12, "leading")])
+def test_deis_matches_diffusers_on_its_grid(num_steps, spacing):
+    """diffusers' DEIS ends at the schedule's first level sigma_0 (ours at sigma = 0): on that
+    grid our DEIS weights step as its third-order log-rho multistep does."""
+    schedule = schedules.make_schedule("linear", T, 1e-4, 0.02)
+    timesteps, sigmas = grids.timesteps_and_sigmas(
+        schedule, num_steps, spacing, skip_zero=True, end_at_zero=False
+    )
+    rows = {"lms_coeffs": multistep.deis_coefficients(sigmas, width=solvers.LMS_MAX_ORDER)}
+    grid = grids.pad_grid(timesteps, sigmas, extras=rows)
+    x_T = np.asarray(jax.random.normal(jax.random.key(0), SHAPE))
+    denoise = samplers.make_denoiser(_jax_model)
+    ours = samplers.sample_on_grid(
+        denoise, grid, jnp.asarray(x_T), jax.random.key(1), sampler="deis", return_trajectory=True
+    )
+    scheduler = diffusers.DEISMultistepScheduler(
+        num_train_timesteps=T, solver_order=3, timestep_spacing=spacing, steps_offset=0
+    )
+    scheduler.alphas_cumprod = torch.tensor(
+        np.asarray(schedule.alphas_cumprod), dtype=torch.float32
+    )
+    scheduler.set_timesteps(num_steps)
+    _check_grid(scheduler, "deis", timesteps, sigmas)
+    reference = _run_reference(scheduler, "deis", sigmas, x_T, [], 0.0)
     _assert_trajectories_match(ours, reference)
 
 
@@ -213,7 +295,7 @@ def test_trajectory_matches_diffusers(sampler, num_steps, spacing):
 SD_CASES = [
     (sampler, config, num_steps)
     for config, step_counts in (("sd15", (10, 25)), ("sd21", (10, 25)), ("sd15_leading", (10,)))
-    for sampler in REFERENCES
+    for sampler in SD_SAMPLERS
     for num_steps in step_counts
 ]
 

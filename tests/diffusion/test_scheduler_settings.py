@@ -16,7 +16,11 @@ from diffusion import scheduler_settings
 from diffusion.scheduler_settings import DIFFUSERS_CLASSES, from_diffusers
 from tests.diffusion.sd_scheduler_configs import SD15, SD15_LEADING, SD21
 
-KARRAS_READERS = ("euler", "heun", "lms", "dpmpp_2m", "dpmpp_2m_sde", "unipc")
+KARRAS_READERS = (
+    *("euler", "heun", "lms", "dpmpp_2m", "dpmpp_2m_sde", "unipc"),
+    *("dpmpp_3m", "dpmpp_3m_diffusers", "dpmpp_3m_sde", "unipc_bh1", "unipc_3", "unipc_3_bh1"),
+    *("deis", "ipndm"),
+)
 
 
 def _refused(config, *fragments):

@@ -149,14 +149,18 @@ def get_config() -> ml_collections.ConfigDict:
     # --- Sampling: sampler.* ----------------------------------------------------------------------
     config.sampler = ml_collections.ConfigDict()
     # One of: ddpm, ddim, euler, euler_ancestral, heun, dpmpp_2m, dpmpp_2m_sde, lms, unipc,
-    # dpmpp_3m, dpmpp_3m_sde, unipc_bh1, unipc_3, unipc_3_bh1, ipndm, deis (flow: euler, heun).
+    # dpmpp_3m, dpmpp_3m_diffusers, dpmpp_3m_sde, unipc_bh1, unipc_3, unipc_3_bh1, ipndm, deis
+    # (flow: euler, heun, ipndm).
     config.sampler.name = "ddim"
     config.sampler.num_steps = 100  # Reverse steps (Heun evaluates the network twice per step).
     # Pad the step grid to this length so every num_steps <= max_steps shares one compile (padding
     # steps are skipped and cost no network calls); 0 disables padding.
     config.sampler.max_steps = 0
-    # linspace | leading | trailing | karras (Lin et al. 2024); VP models only.
+    # linspace | leading | trailing (Lin et al. 2024) | karras | edm (Karras et al. 2022, rho below)
+    # | logsnr (uniform in log-SNR) | file:PATH (a grid file, e.g. from --mode=optimize_grid;
+    # sampler.num_steps must equal its level count); VP models only.
     config.sampler.spacing = "trailing"
+    config.sampler.rho = 7.0  # The 'edm' spacing's exponent rho (7 in Karras et al. 2022).
     # Added to every 'leading' timestep, as diffusers' steps_offset (Stable Diffusion's scheduler
     # configs use 1); other spacings ignore it.
     config.sampler.steps_offset = 0

@@ -19,7 +19,8 @@ import numpy as np
 from diffusion import processes
 from diffusion.schedules import NoiseSchedule
 
-SPACINGS = ("linspace", "leading", "trailing", "karras")
+SPACINGS = ("linspace", "leading", "trailing", "karras", "logsnr", "edm")
+SIGMA_SPACINGS = ("karras", "logsnr", "edm")  # placed in sigma over the schedule's range
 KARRAS_RHO = 7.0
 
 
@@ -56,6 +57,29 @@ def karras_sigmas(sigma_min: float, sigma_max: float, num_steps: int, rho: float
     ramp = np.linspace(0.0, 1.0, num_steps)
     inv_max, inv_min = sigma_max ** (1.0 / rho), sigma_min ** (1.0 / rho)
     return (inv_max + ramp * (inv_min - inv_max)) ** rho
+
+
+def log_snr_sigmas(sigma_min: float, sigma_max: float, num_steps: int) -> np.ndarray:
+    """Sigmas evenly spaced in the log-SNR lambda = -log(sigma), from max down to min (the step
+    DPM-Solver takes as uniform, Lu et al. 2022 sec. 3.3; diffusers' "exponential" sigmas)."""
+    return np.exp(np.linspace(np.log(sigma_max), np.log(sigma_min), num_steps))
+
+
+def validate_custom_sigmas(sigmas: np.ndarray, schedule: NoiseSchedule) -> None:
+    """Raises ValueError unless `sigmas` are the active levels of a grid: finite, strictly
+    decreasing, inside the schedule's [sigma_min, sigma_max] (the network saw nothing else)."""
+    sigmas = np.asarray(sigmas, np.float64)
+    schedule_sigmas = train_sigmas(schedule)
+    low, high = schedule_sigmas[0] * (1 - 1e-6), schedule_sigmas[-1] * (1 + 1e-6)
+    if sigmas.ndim != 1 or len(sigmas) < 1 or not np.all(np.isfinite(sigmas)):
+        raise ValueError(f"grid sigmas must be a non-empty list of finite numbers, got {sigmas}")
+    if np.any(np.diff(sigmas) >= 0):
+        raise ValueError(f"grid sigmas must decrease strictly, got {sigmas.tolist()}")
+    if sigmas[0] > high or sigmas[-1] < low:
+        raise ValueError(
+            f"grid sigmas span [{sigmas[-1]:.4g}, {sigmas[0]:.4g}], outside the schedule's "
+            f"[{schedule_sigmas[0]:.4g}, {schedule_sigmas[-1]:.4g}]"
+        )
 
 
 def sigma_to_timestep(sigmas: np.ndarray, schedule_sigmas: np.ndarray) -> np.ndarray:
@@ -120,13 +144,33 @@ def timesteps_and_sigmas(
     skip_zero: bool = False,
     steps_offset: int = 0,
     end_at_zero: bool = True,
+    rho: float = KARRAS_RHO,
+    sigmas: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Timesteps [n] and sigmas [n + 1] of an n-step grid; the last sigma is 0, or with
-    `end_at_zero=False` the schedule's first level sigma_0 (alpha_bar_0 instead of 1)."""
-    validate_spacing(spacing)
+    `end_at_zero=False` the schedule's first level sigma_0 (alpha_bar_0 instead of 1).
+
+    "karras" is Karras et al.'s rho = 7 grid as diffusers builds it; "edm" the same formula
+    with `rho` chosen; "logsnr" uniform in lambda; all three over the schedule's sigma range.
+    Given `sigmas` (the n active levels, e.g. an optimised grid), they replace the spacing.
+    """
     schedule_sigmas = train_sigmas(schedule)
-    if spacing == "karras":
-        sigmas = karras_sigmas(schedule_sigmas[0], schedule_sigmas[-1], num_steps)
+    if sigmas is not None:
+        validate_custom_sigmas(sigmas, schedule)
+        sigmas = np.asarray(sigmas, np.float64)
+        timesteps = sigma_to_timestep(sigmas, schedule_sigmas)
+        return timesteps, np.append(sigmas, 0.0 if end_at_zero else schedule_sigmas[0])
+    validate_spacing(spacing)
+    if spacing == "edm" and not rho > 0:
+        raise ValueError(f"rho={rho!r} must be > 0 (EDM's grid exponent; 7 in Karras et al.)")
+    if spacing in SIGMA_SPACINGS:
+        sigma_min, sigma_max = schedule_sigmas[0], schedule_sigmas[-1]
+        if spacing == "logsnr":
+            sigmas = log_snr_sigmas(sigma_min, sigma_max, num_steps)
+        else:
+            sigmas = karras_sigmas(
+                sigma_min, sigma_max, num_steps, KARRAS_RHO if spacing == "karras" else rho
+            )
         timesteps = sigma_to_timestep(sigmas, schedule_sigmas)
     else:
         timesteps = spaced_timesteps(

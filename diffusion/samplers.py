@@ -15,6 +15,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from diffusion import editing, grids, guidance, precond, processes, solvers
 from diffusion.editing import Init
@@ -70,12 +71,20 @@ def make_grid(
     lms_order: int = solvers.LMS_MAX_ORDER,
     steps_offset: int = 0,
     set_alpha_to_one: bool = True,
+    rho: float = grids.KARRAS_RHO,
+    sigmas: np.ndarray | None = None,
 ) -> Grid:
     """The padded grid of an n-step `sampler` (built on the host): the VP schedule's timesteps in
-    `spacing` ("leading" ones shifted by `steps_offset`), or flow times shifted by `flow_shift`;
-    plus the rows the sampler asks for. `set_alpha_to_one=False` ends a DDIM grid at the
-    schedule's first level alpha_bar_0 (diffusers' setting; other samplers end at sigma = 0)."""
+    `spacing` ("leading" ones shifted by `steps_offset`, "edm" with `rho`), or flow times shifted
+    by `flow_shift`; plus the rows the sampler asks for. `set_alpha_to_one=False` ends a DDIM
+    grid at the schedule's first level alpha_bar_0 (diffusers' setting; other samplers end at
+    sigma = 0). `sigmas` (VP: the n active levels, e.g. from grid_search.py) replace the
+    spacing; num_steps must then be their count."""
     spec = SAMPLERS[sampler]
+    if sigmas is not None and len(sigmas) != num_steps:
+        raise ValueError(f"num_steps={num_steps} but the given grid has {len(sigmas)} levels")
+    if sigmas is not None and process == "flow":
+        raise ValueError("explicit grid sigmas are for VP models (process='ddpm')")
     if process == "flow":
         timesteps, sigmas = grids.flow_timesteps_and_sigmas(num_steps, flow_shift)
     else:
@@ -86,6 +95,8 @@ def make_grid(
             skip_zero=spec.skip_zero,
             steps_offset=steps_offset,
             end_at_zero=set_alpha_to_one or not spec.settable_final_alpha,
+            rho=rho,
+            sigmas=sigmas,
         )
     extras = spec.grid_rows(sigmas, lms_order) if spec.grid_rows else None
     return grids.pad_grid(timesteps, sigmas, max_steps, extras)
@@ -214,6 +225,8 @@ def sample(
     lms_order: int = solvers.LMS_MAX_ORDER,
     steps_offset: int = 0,
     set_alpha_to_one: bool = True,
+    rho: float = grids.KARRAS_RHO,
+    sigmas: np.ndarray | None = None,
     return_trajectory: bool = False,
     init: Init | None = None,
     strength: float = 1.0,
@@ -229,6 +242,7 @@ def sample(
         both branches run in one batched call per evaluation and are mixed by CFG.
       max_steps: pad the grid to this length so all step counts up to it share one compile.
       steps_offset / set_alpha_to_one: diffusers' settings of those names (see make_grid).
+      rho / sigmas: the "edm" spacing's rho; explicit grid levels replacing the spacing.
       init / strength: image-to-image or inpainting (editing.Init): the chain runs the last
         int(num_steps * strength) steps of the grid, from init.image noised with x_T.
     Returns:
@@ -250,6 +264,8 @@ def sample(
         lms_order=lms_order,
         steps_offset=steps_offset,
         set_alpha_to_one=set_alpha_to_one,
+        rho=rho,
+        sigmas=sigmas,
     )
     grid = editing.edit_grid(grid, init, strength)
     model = conditioned_model(model_fn, cond, uncond, guidance_scale, guidance_rescale)

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import jax
 
 import sharding
-from diffusion import solvers
+from diffusion import grids, solvers
 from errors import ConfigError
 from input_pipeline import captions, pipeline
 from input_pipeline.pipeline import DataConfig
@@ -160,6 +160,18 @@ def check_sampler(run: RunConfig) -> None:
         f"cannot integrate diffusion.process={diffusion.process!r}; allowed: "
         f"{', '.join(solvers.names_for(diffusion.process))}.",
     )
+    file_sigmas = sampler.grid_sigmas()
+    require(
+        file_sigmas is None or diffusion.process == "ddpm",
+        "sampler.spacing",
+        sampler.spacing,
+        f"is a grid of VP sigmas; diffusion.process={diffusion.process!r} takes flow times.",
+    )
+    if file_sigmas is not None:
+        try:
+            grids.validate_custom_sigmas(file_sigmas, diffusion.make_schedule())
+        except ValueError as error:
+            fail("sampler.spacing", sampler.spacing, f"{error}.")
     if diffusion.process == "ddpm":
         for name in ("num_steps", "max_steps"):
             require(

@@ -17,6 +17,7 @@ from diffusion.precond import Precond
 from diffusion.schedules import NoiseSchedule
 from models.functional import FunctionalModel, Params
 from schema import fail, field, one_of, require
+from training import grid_files
 from training.conditioning import SampleConditions
 from training.latent import LatentSpace
 
@@ -27,7 +28,10 @@ MAX_SAMPLES = 65_536  # images per prompt / class in one sampling batch (allocat
 class SamplerConfig:
     """`config.sampler`: how sample grids and --mode=sample draw images."""
 
-    name: str = field("ddim", f"One of: {', '.join(solvers.SAMPLERS)} (flow: euler, heun).")
+    name: str = field(
+        "ddim",
+        f"One of: {', '.join(solvers.SAMPLERS)} (flow: {', '.join(solvers.names_for('flow'))}).",
+    )
     num_steps: int = field(100, "Reverse steps (Heun evaluates the network twice per step).")
     max_steps: int = field(
         0,
@@ -35,8 +39,12 @@ class SamplerConfig:
         "(padding steps are skipped and cost no network calls); 0 disables padding.",
     )
     spacing: str = field(
-        "trailing", "linspace | leading | trailing | karras (Lin et al. 2024); VP models only."
+        "trailing",
+        "linspace | leading | trailing (Lin et al. 2024) | karras | edm (Karras et al. 2022, "
+        "rho below) | logsnr (uniform in log-SNR) | file:PATH (a grid file, e.g. from "
+        "--mode=optimize_grid; sampler.num_steps must equal its level count); VP models only.",
     )
+    rho: float = field(7.0, "The 'edm' spacing's exponent rho (7 in Karras et al. 2022).")
     steps_offset: int = field(
         0,
         "Added to every 'leading' timestep, as diffusers' steps_offset (Stable Diffusion's "
@@ -103,7 +111,11 @@ class SamplerConfig:
             self.max_steps,
             f"must be 0 (no padding) or >= sampler.num_steps={self.num_steps}.",
         )
-        one_of("sampler.spacing", self.spacing, grids.SPACINGS)
+        if grid_files.is_file_spacing(self.spacing):
+            self.grid_sigmas()  # a missing or malformed file fails here, before any work
+        else:
+            one_of("sampler.spacing", self.spacing, grids.SPACINGS)
+        require(self.rho > 0, "sampler.rho", self.rho, "must be > 0.")
         require(self.steps_offset >= 0, "sampler.steps_offset", self.steps_offset, "must be >= 0.")
         require(0.0 <= self.eta <= 1.0, "sampler.eta", self.eta, "must be in [0, 1].")
         one_of("sampler.thresholding", self.thresholding, guidance.THRESHOLDINGS)
@@ -125,6 +137,24 @@ class SamplerConfig:
             self.num_samples,
             f"must be in [1, {MAX_SAMPLES}] (images per prompt in one sampling batch).",
         )
+
+    def grid_sigmas(self) -> np.ndarray | None:
+        """The levels of a 'file:PATH' spacing (None for a spacing rule), checked against
+        num_steps; ConfigError naming sampler.spacing when the file is missing or malformed."""
+        if not grid_files.is_file_spacing(self.spacing):
+            return None
+        try:
+            sigmas, _ = grid_files.read_grid(grid_files.path_of(self.spacing))
+        except ValueError as error:
+            fail("sampler.spacing", self.spacing, f"{error}.")
+        require(
+            len(sigmas) == self.num_steps,
+            "sampler.num_steps",
+            self.num_steps,
+            f"must equal the {len(sigmas)} levels of the grid file sampler.spacing="
+            f"{self.spacing!r}.",
+        )
+        return sigmas
 
 
 @dataclasses.dataclass(frozen=True)
@@ -215,6 +245,7 @@ def make_sample_fn(
     its image (sampler.strength of the chain runs; a mask re-imposes the kept region).
     """
     total = sampler.num_samples if conditions is None else len(conditions.prompt_ids)
+    file_sigmas = sampler.grid_sigmas()  # read once, on the host
     shards = sharding.num_batch_shards(mesh)
     padded = -(-total // shards) * shards
     batch_sharding = sharding.batch_sharding(mesh)
@@ -298,17 +329,20 @@ def make_sample_fn(
         num_steps = sampler.num_steps if num_steps is None else num_steps
         scale = sampler.guidance_scale if guidance_scale is None else guidance_scale
         num_timesteps = schedule.num_timesteps if schedule is not None else None
-        samplers.validate_sampler(sampler.name, num_steps, num_timesteps, sampler.spacing, process)
+        rule = "linspace" if file_sigmas is not None else sampler.spacing  # unused with a file
+        samplers.validate_sampler(sampler.name, num_steps, num_timesteps, rule, process)
         grid = samplers.make_grid(
             sampler.name,
             num_steps,
             process=process,
             schedule=schedule,
-            spacing=sampler.spacing,
+            spacing=rule,
             flow_shift=flow_shift,
             max_steps=sampler.max_steps or None,
             steps_offset=sampler.steps_offset,
             set_alpha_to_one=sampler.set_alpha_to_one,
+            rho=sampler.rho,
+            sigmas=file_sigmas,
         )
         if init is not None:  # the edit runs the grid's last steps (traced: no recompile)
             grid = grids.drop_first(grid, editing.start_step(num_steps, init.strength))

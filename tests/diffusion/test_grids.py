@@ -197,3 +197,58 @@ def test_ddim_constant_x0_sample_keeps_the_noise_at_sigma_0(schedule, x_T):
 def test_bad_steps_offset_is_refused_for_every_spacing(spacing, bad):
     with pytest.raises(ValueError, match="steps_offset"):
         grids.spaced_timesteps(1000, 10, spacing, steps_offset=bad)
+
+
+# --- sigma-placed spacings and explicit grids ---------------------------------------------------
+
+
+def test_logsnr_spacing_is_uniform_in_log_sigma_over_the_schedule(schedule):
+    timesteps, sigmas = grids.timesteps_and_sigmas(schedule, 8, "logsnr")
+    train = grids.train_sigmas(schedule)
+    np.testing.assert_allclose(sigmas[[0, -2]], [train[-1], train[0]], rtol=1e-12)
+    steps = np.diff(np.log(sigmas[:-1]))
+    np.testing.assert_allclose(steps, steps[0], rtol=1e-10)
+    assert sigmas[-1] == 0.0 and timesteps[0] == pytest.approx(T - 1)
+
+
+def test_logsnr_spacing_equals_diffusers_exponential_sigmas(schedule):
+    diffusers = pytest.importorskip("diffusers")
+    torch = pytest.importorskip("torch")
+    scheduler = diffusers.DPMSolverMultistepScheduler(
+        num_train_timesteps=T,
+        beta_schedule="scaled_linear",
+        beta_start=0.00085,
+        beta_end=0.012,
+        use_exponential_sigmas=True,
+    )
+    scheduler.alphas_cumprod = torch.tensor(
+        np.asarray(schedule.alphas_cumprod), dtype=torch.float32
+    )
+    scheduler.set_timesteps(12)
+    _, sigmas = grids.timesteps_and_sigmas(schedule, 12, "logsnr")
+    np.testing.assert_allclose(scheduler.sigmas.numpy(), sigmas, rtol=2e-5)
+
+
+def test_edm_spacing_takes_rho_and_is_karras_at_seven(schedule):
+    karras = grids.timesteps_and_sigmas(schedule, 10, "karras")[1]
+    np.testing.assert_allclose(grids.timesteps_and_sigmas(schedule, 10, "edm")[1], karras)
+    linear = grids.timesteps_and_sigmas(schedule, 10, "edm", rho=1.0)[1][:-1]
+    np.testing.assert_allclose(np.diff(linear), np.diff(linear)[0], rtol=1e-9)
+    with pytest.raises(ValueError, match=r"rho=0.0 must be > 0"):
+        grids.timesteps_and_sigmas(schedule, 10, "edm", rho=0.0)
+
+
+def test_explicit_sigmas_replace_the_spacing_and_are_checked(schedule):
+    train = grids.train_sigmas(schedule)
+    levels = np.array([train[-1], 3.0, 0.5, train[0]])
+    timesteps, sigmas = grids.timesteps_and_sigmas(schedule, 4, "leading", sigmas=levels)
+    np.testing.assert_allclose(sigmas, np.append(levels, 0.0))
+    np.testing.assert_allclose(grids.sigma_to_timestep(levels, train), timesteps)
+    with pytest.raises(ValueError, match="decrease strictly"):
+        grids.timesteps_and_sigmas(schedule, 3, "leading", sigmas=np.array([3.0, 3.0, 1.0]))
+    with pytest.raises(ValueError, match="outside the schedule's"):
+        grids.timesteps_and_sigmas(schedule, 2, "leading", sigmas=np.array([1e4, 1.0]))
+    grid = samplers.make_grid("dpmpp_3m", 4, schedule=schedule, sigmas=levels)
+    np.testing.assert_allclose(np.asarray(grid.sigmas), levels, rtol=1e-6)
+    with pytest.raises(ValueError, match="num_steps=5 but the given grid has 4 levels"):
+        samplers.make_grid("dpmpp_3m", 5, schedule=schedule, sigmas=levels)

@@ -1,0 +1,103 @@
+"""Optimised step grids: the levels that bring a few-step chain closest to a fine-step solution.
+
+For a sampler and a step count n the grid is the n active levels sigma_0 > ... > sigma_{n-1}
+(then 0). sigma_0 stays at the schedule's sigma_max, where x_T lives; the other n - 1 are free
+inside (sigma_min, sigma_max) and are parametrised by softmax weights over the log-sigma range,
+so every parameter vector is a valid (strictly decreasing, in-range) grid. The objective is the
+RMS distance of the chain's endpoints from reference endpoints of the same x_T on a calibration
+batch (the distillation-style objective of Watson et al. 2021 and Sabour et al. 2024's "Align
+Your Steps" asks the same question through a bound); a derivative-free search (Powell's method)
+minimises it, so any sampler works, host-built grid rows (LMS, DEIS) included.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import numpy as np
+from scipy import optimize
+
+Endpoints = Callable[[np.ndarray], np.ndarray]  # active sigmas [n] -> chain endpoints [B, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchResult:
+    """The best grid found and how it scores."""
+
+    sigmas: np.ndarray  # [n] active levels, decreasing
+    loss: float  # RMS distance to the reference with `sigmas`
+    start_losses: dict[str, float]  # the fixed grids the search started from, scored alike
+    evaluations: int  # chains run
+
+
+def rms_distance(endpoints: np.ndarray, reference: np.ndarray) -> float:
+    """Root mean square over everything of endpoints - reference."""
+    difference = np.asarray(endpoints, np.float64) - np.asarray(reference, np.float64)
+    return float(np.sqrt(np.mean(difference**2)))
+
+
+def sigmas_from_weights(
+    weights_logits: np.ndarray, sigma_min: float, sigma_max: float
+) -> np.ndarray:
+    """n active levels from n logits: sigma_0 = sigma_max, then cumulative softmax steps down
+    the log-sigma range (the last weight is the gap left above sigma_min)."""
+    logits = np.asarray(weights_logits, np.float64)
+    weights = np.exp(logits - logits.max())
+    weights = weights / weights.sum()
+    position = np.concatenate([[0.0], np.cumsum(weights)[:-1]])
+    log_max, log_min = np.log(sigma_max), np.log(sigma_min)
+    return np.exp(log_max + position * (log_min - log_max))
+
+
+def weights_from_sigmas(sigmas: np.ndarray, sigma_min: float, sigma_max: float) -> np.ndarray:
+    """The logits whose sigmas_from_weights is `sigmas` (sigmas[0] = sigma_max, decreasing; a
+    last level at sigma_min itself is moved just inside the range)."""
+    log_max, log_min = np.log(sigma_max), np.log(sigma_min)
+    position = (np.log(np.asarray(sigmas, np.float64)) - log_max) / (log_min - log_max)
+    gaps = np.diff(np.append(position, 1.0))
+    if np.any(gaps[:-1] <= 0) or position[0] != 0.0 and abs(position[0]) > 1e-9:
+        raise ValueError(
+            f"sigmas {np.asarray(sigmas).tolist()} are not a decreasing grid from sigma_max"
+        )
+    return np.log(np.maximum(gaps, 1e-6))
+
+
+def search_grid(
+    endpoints: Endpoints,
+    reference: np.ndarray,
+    starts: dict[str, np.ndarray],
+    sigma_min: float,
+    sigma_max: float,
+    max_evaluations: int = 300,
+) -> SearchResult:
+    """Powell's method from each start grid (name -> active sigmas, all of one length n, first
+    at sigma_max); returns the best grid seen, never worse than the best start."""
+    lengths = {len(sigmas) for sigmas in starts.values()}
+    if len(lengths) != 1:
+        raise ValueError(f"start grids must share one length, got {sorted(lengths)}")
+    best: dict[str, object] = {"loss": np.inf, "sigmas": None}
+    count = {"chains": 0}
+
+    def loss_of_sigmas(sigmas: np.ndarray) -> float:
+        count["chains"] += 1
+        loss = rms_distance(endpoints(sigmas), reference)
+        if not np.isfinite(loss):
+            loss = 1e30
+        if loss < best["loss"]:
+            best.update(loss=loss, sigmas=np.array(sigmas))
+        return loss
+
+    start_losses = {name: loss_of_sigmas(np.asarray(s)) for name, s in starts.items()}
+    if lengths == {1}:  # one level, and it is sigma_max: nothing to search
+        return SearchResult(best["sigmas"], best["loss"], start_losses, count["chains"])
+    budget = max(1, max_evaluations // len(starts))
+    for name in sorted(start_losses, key=start_losses.get):
+        logits = weights_from_sigmas(starts[name], sigma_min, sigma_max)
+        optimize.minimize(
+            lambda w: loss_of_sigmas(sigmas_from_weights(w, sigma_min, sigma_max)),
+            logits,
+            method="Powell",
+            options={"maxfev": budget, "xtol": 1e-3, "ftol": 1e-5},
+        )
+    return SearchResult(best["sigmas"], float(best["loss"]), start_losses, count["chains"])

@@ -12,7 +12,7 @@ NOTEBOOKS = sorted((pathlib.Path(__file__).parent.parent / "notebooks").glob("*.
 # Train steps for the end-to-end runs, fewer than the notebooks' own (a few minutes of training on
 # 2 cores): what is asserted (every cell runs, the loss plot and the sample grids are shown, the
 # checkpoint is written, the sweeps compile nothing new) does not depend on how far it trains.
-TRAIN_STEPS = {"text_to_image": 100}
+TRAIN_STEPS = {"quickstart": 100, "text_to_image": 100}
 _TRAIN_STEPS_LINE = re.compile(r"^config\.num_train_steps = \d+$", re.MULTILINE)
 
 

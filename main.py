@@ -9,7 +9,7 @@ from __future__ import annotations
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-MODES = ("train", "sample", "eval", "eval_stats", "export", "compile")
+MODES = ("train", "sample", "eval", "eval_stats", "export", "compile", "optimize_grid")
 
 FLAGS = flags.FLAGS
 # Unknown --config.x=y keys are let through here so that RunConfig refuses them like every other
@@ -104,6 +104,7 @@ def main(argv: list[str]) -> None:
         config_checks,
         eval_run,
         export_run,
+        grid_run,
         loop,
         sample_run,
     )
@@ -146,6 +147,8 @@ def main(argv: list[str]) -> None:
         eval_run.eval_stats(run)
     elif FLAGS.mode == "export":
         export_run.export_pipeline(run, FLAGS.workdir)
+    elif FLAGS.mode == "optimize_grid":
+        grid_run.optimize_grid(run, FLAGS.workdir)
 
 
 if __name__ == "__main__":

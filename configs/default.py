@@ -274,6 +274,17 @@ def get_config() -> ml_collections.ConfigDict:
     # 'v4-32', 'v5p-128').
     config.compile.topology = "v5e:2x2"
     config.compile.num_slices = 1  # Slices joined over the data-centre network (multi-slice).
+
+    # --- --mode=optimize_grid: grid_search.* ------------------------------------------------------
+    config.grid_search = ml_collections.ConfigDict()
+    config.grid_search.reference_sampler = "dpmpp_3m"  # Sampler of the fine-step reference chain.
+    config.grid_search.reference_steps = 200  # Steps of the reference chain.
+    config.grid_search.reference_spacing = "logsnr"  # Spacing of the reference chain.
+    # Comma-separated spacings the search starts from (each scored; the best result wins).
+    config.grid_search.starts = "logsnr,karras,trailing"
+    config.grid_search.max_evaluations = 300  # Chains run by the search, all starts together.
+    # Grid file to write ('' = <workdir>/grids/<sampler>_<num_steps>.json).
+    config.grid_search.output = ""
     return config
 
 

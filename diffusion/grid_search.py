@@ -18,6 +18,9 @@ from collections.abc import Callable
 import numpy as np
 from scipy import optimize
 
+from diffusion import grids, samplers
+from diffusion.schedules import NoiseSchedule
+
 Endpoints = Callable[[np.ndarray], np.ndarray]  # active sigmas [n] -> chain endpoints [B, ...]
 
 
@@ -63,6 +66,22 @@ def weights_from_sigmas(sigmas: np.ndarray, sigma_min: float, sigma_max: float) 
     return np.log(np.maximum(gaps, 1e-6))
 
 
+def start_grid(
+    sampler: str,
+    num_steps: int,
+    schedule: NoiseSchedule,
+    spacing: str,
+    rho: float = grids.KARRAS_RHO,
+) -> np.ndarray:
+    """The active levels of a fixed `spacing` as a search start: the first moved to sigma_max
+    (where x_T is; the search keeps it there), all inside the schedule's range."""
+    grid = samplers.make_grid(sampler, num_steps, schedule=schedule, spacing=spacing, rho=rho)
+    levels = np.asarray(grid.sigmas, np.float64)[:num_steps]
+    sigma_min, sigma_max = grids.train_sigmas(schedule)[[0, -1]]
+    levels[0] = sigma_max
+    return np.clip(levels, sigma_min, sigma_max)
+
+
 def search_grid(
     endpoints: Endpoints,
     reference: np.ndarray,
@@ -81,6 +100,8 @@ def search_grid(
 
     def loss_of_sigmas(sigmas: np.ndarray) -> float:
         count["chains"] += 1
+        if np.any(np.diff(sigmas) >= 0):  # a softmax weight underflowed: two levels coincide
+            return 1e30
         loss = rms_distance(endpoints(sigmas), reference)
         if not np.isfinite(loss):
             loss = 1e30

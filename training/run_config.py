@@ -29,6 +29,7 @@ from models.unet import UNetConfig
 from schema import field, one_of, require
 from sharding import MeshConfig
 from training.conditioning import ConditioningConfig
+from training.grid_search_config import GridSearchConfig
 from training.latent import LatentConfig
 from training.optimizer import OptimizerConfig
 from training.pretrained import PretrainedConfig
@@ -243,6 +244,7 @@ class RunConfig:
     pretrained: PretrainedConfig = field(PretrainedConfig(), "A pretrained Stable Diffusion")
     export: ExportConfig = field(ExportConfig(), "--mode=export")
     compile: CompileConfig = field(CompileConfig(), "--mode=compile (a TPU slice, no TPU needed)")
+    grid_search: GridSearchConfig = field(GridSearchConfig(), "--mode=optimize_grid")
 
     def validate(self) -> None:
         """The run-level fields on their own (cross-section checks: config_checks)."""
@@ -334,4 +336,5 @@ SECTIONS: dict[str, type] = {
     "pretrained": PretrainedConfig,
     "export": ExportConfig,
     "compile": CompileConfig,
+    "grid_search": GridSearchConfig,
 }

@@ -4,6 +4,7 @@ exact probability-flow-ODE endpoint of an analytic Gaussian mixture (issue 20).
     python benchmarks/few_step.py
     python benchmarks/few_step.py --nfe=5,10 --batch=128 --no-diffusers
     python benchmarks/few_step.py --grid-files=grids/dpmpp_3m_10.json   # spacing file:PATH
+    python benchmarks/few_step.py --grid-dir=runs/few_step_grids   # <sampler>_<steps>.json there
 
 The data is an isotropic Gaussian mixture in --dims dimensions with narrow modes; the network is
 its exact noise predictor (diffusion/analytic.py), fractional timesteps mapped to sigma
@@ -19,6 +20,7 @@ spent (Heun: 2 n - 1).
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 import time
@@ -33,11 +35,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import few_step_diffusers  # noqa: E402
 from diffusion import analytic, grids, samplers, schedules  # noqa: E402
+from training import grid_files  # noqa: E402
 
 REFERENCE_STEPS = 4000  # RK4 steps in lambda; the run checks that half as many agree
 REFERENCE_TOLERANCE = 1e-6  # largest RMS change allowed when the reference steps are halved
 SIGMA_END_FRACTION = 1e-4  # the reference integrates down to this fraction of sigma_min
 STOCHASTIC = ("ddpm", "euler_ancestral")  # plus any name containing "sde" or "ancestral"
+DIR_PREFIX = "dir:"  # a row whose grid for n steps is <dir>/<sampler>_<n>.json (few_step_grids.py)
 
 Cell = tuple[float, int]  # (RMS error, NFE spent)
 
@@ -104,17 +108,39 @@ def deterministic_samplers() -> list[str]:
     ]
 
 
+def explicit_sigmas(spacing: str, sampler: str, num_steps: int) -> np.ndarray | None:
+    """The grid file's levels for a 'file:PATH' or 'dir:DIR' spacing (None for a spacing rule);
+    ValueError when there is no file or it holds another step count."""
+    if spacing.startswith(DIR_PREFIX):
+        path = os.path.join(spacing[len(DIR_PREFIX) :], f"{sampler}_{num_steps}.json")
+    elif grid_files.is_file_spacing(spacing):
+        path = grid_files.path_of(spacing)
+    else:
+        return None
+    sigmas, _ = grid_files.read_grid(path)
+    if len(sigmas) != num_steps:
+        raise ValueError(f"{path} holds {len(sigmas)} levels, not {num_steps}")
+    return sigmas
+
+
 def grid_for_budget(sampler: str, nfe: int, schedule, spacing: str, max_steps: int):
     """(grid, NFE spent): the most steps whose evaluations fit in `nfe`; raises the refusal at
     n = nfe (an unknown spacing, a missing grid file) when no step count is accepted."""
     refusal = ValueError(f"{sampler} cannot take a step within {nfe} evaluations")
     for num_steps in range(nfe, 0, -1):
         try:
-            samplers.validate_sampler(sampler, num_steps, schedule.num_timesteps, spacing)
+            sigmas = explicit_sigmas(spacing, sampler, num_steps)
+            rule = "leading" if sigmas is not None else spacing
+            samplers.validate_sampler(sampler, num_steps, schedule.num_timesteps, rule)
             grid = samplers.make_grid(
-                sampler, num_steps, schedule=schedule, spacing=spacing, max_steps=max_steps
+                sampler,
+                num_steps,
+                schedule=schedule,
+                spacing=rule,
+                max_steps=max_steps,
+                sigmas=sigmas,
             )
-        except (ValueError, OSError) as error:  # a grid file may be missing or hold other counts
+        except ValueError as error:  # a grid file may be missing or hold other counts
             refusal = error if num_steps == nfe else refusal
             continue
         spent = samplers.count_evaluations(grid, sampler)
@@ -150,6 +176,8 @@ def our_rows(model_fn, schedule, x_T, reference, nfes, spacings) -> Iterator[tup
                 out = run(grid, x_T)
                 assert int(out.nfe) == spent, (sampler, spacing, int(out.nfe), spent)
                 cells.append((rms_error(out.samples, reference), spent))
+            if spacing.startswith(DIR_PREFIX) and all(isinstance(c, str) for c in cells):
+                continue  # no grid file for this sampler
             yield f"{sampler} / {spacing}", cells
 
 
@@ -248,10 +276,12 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=512)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--grid-files", default="", help="comma-separated; spacing file:PATH")
+    parser.add_argument("--grid-dir", default="", help="optimised grids: <sampler>_<n>.json")
     parser.add_argument("--no-diffusers", action="store_true")
     args = parser.parse_args()
     nfes = [int(n) for n in args.nfe.split(",")]
     spacings = list(grids.SPACINGS) + [f"file:{p}" for p in args.grid_files.split(",") if p]
+    spacings += [DIR_PREFIX + args.grid_dir] if args.grid_dir else []
     start = time.perf_counter()
 
     print(f"command: python {shlex.join(sys.argv)}")

@@ -232,8 +232,11 @@ def get_config() -> ml_collections.ConfigDict:
     # prompt), torchmetrics' convention) to every evaluation.
     config.eval.clip_model = ""
     config.eval.seed = 0  # Seeds the noise and labels of evaluation samples (and KID subsets).
-    # Samplers and step counts evaluated in one --mode=eval run, e.g. 'ddim:10,20,50;dpmpp_2m:10,20'
-    # ('' = just sampler.name at sampler.num_steps).
+    # Samplers, step grids and step counts evaluated in one --mode=eval run,
+    # 'sampler[@spacing]:steps,...;...', e.g.
+    # 'ddim:10,20,50;dpmpp_2m@karras:10,20;dpmpp_3m@file:grids/dpmpp_3m_10.json:10' (spacing as
+    # sampler.spacing, default sampler.spacing; a file: grid takes its level count); the run ends
+    # with the best sampler and grid per NFE. '' = just sampler.name at sampler.num_steps.
     config.eval.sweep = ""
 
     # --- Latent diffusion (a frozen autoencoder): autoencoder.* -----------------------------------

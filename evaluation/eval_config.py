@@ -13,10 +13,11 @@ MAX_EVAL_SAMPLES = 1_000_000
 
 @dataclasses.dataclass(frozen=True)
 class SweepPoint:
-    """One (sampler, step count) of `eval.sweep`."""
+    """One (sampler, step count, step grid) of `eval.sweep`."""
 
     sampler: str
     num_steps: int
+    spacing: str = ""  # a sampler.spacing rule or 'file:PATH'; '' = the config's sampler.spacing
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,8 +65,11 @@ class EvalConfig:
     seed: int = field(0, "Seeds the noise and labels of evaluation samples (and KID subsets).")
     sweep: str = field(
         "",
-        "Samplers and step counts evaluated in one --mode=eval run, e.g. "
-        "'ddim:10,20,50;dpmpp_2m:10,20' ('' = just sampler.name at sampler.num_steps).",
+        "Samplers, step grids and step counts evaluated in one --mode=eval run, "
+        "'sampler[@spacing]:steps,...;...', e.g. 'ddim:10,20,50;dpmpp_2m@karras:10,20;"
+        "dpmpp_3m@file:grids/dpmpp_3m_10.json:10' (spacing as sampler.spacing, default "
+        "sampler.spacing; a file: grid takes its level count); the run ends with the best "
+        "sampler and grid per NFE. '' = just sampler.name at sampler.num_steps.",
     )
 
     def validate(self) -> None:
@@ -98,22 +102,26 @@ class EvalConfig:
         self.sweep_points("")  # raises on a malformed sweep
 
     def sweep_points(self, sampler: str, num_steps: int = 0) -> tuple[SweepPoint, ...]:
-        """The (sampler, steps) pairs to evaluate: the sweep, or the config's own sampler."""
+        """The (sampler, steps, spacing) points to evaluate: the sweep, or the config's own
+        sampler. The step counts follow the last ':' (a 'file:PATH' spacing has one too)."""
         if not self.sweep.strip():
             return (SweepPoint(sampler, num_steps),)
         points = []
         for part in filter(None, (p.strip() for p in self.sweep.split(";"))):
-            name, _, counts = part.partition(":")
+            head, _, counts = part.rpartition(":")
+            name, at, spacing = (s.strip() for s in head.partition("@"))
             steps = [c.strip() for c in counts.split(",") if c.strip()]
             require(
-                bool(name.strip())
+                bool(name)
+                and (bool(spacing) or not at)
                 and bool(steps)
                 and all(c.isdigit() and int(c) > 0 for c in steps),
                 "eval.sweep",
                 self.sweep,
-                "must look like 'ddim:10,20,50;dpmpp_2m:10,20' (sampler:positive step counts).",
+                "must look like 'ddim:10,20,50;dpmpp_2m@karras:10,20' (sampler[@spacing]:"
+                "positive step counts; spacing a sampler.spacing rule or file:PATH).",
             )
-            points.extend(SweepPoint(name.strip(), int(c)) for c in steps)
+            points.extend(SweepPoint(name, int(c), spacing) for c in steps)
         return tuple(points)
 
     def network_name(self, dataset: str) -> str:

@@ -19,9 +19,11 @@ from input_pipeline import captions, pipeline
 from input_pipeline.pipeline import DataConfig
 from schema import fail, one_of, require
 from training import conditioning as conditioning_lib
+from training import grid_files
 from training.conditioning import ConditioningConfig
 
 if TYPE_CHECKING:
+    from evaluation.eval_config import SweepPoint
     from training.run_config import RunConfig, TextEncoderConfig
 
 
@@ -168,10 +170,7 @@ def check_sampler(run: RunConfig) -> None:
         f"is a grid of VP sigmas; diffusion.process={diffusion.process!r} takes flow times.",
     )
     if file_sigmas is not None:
-        try:
-            grids.validate_custom_sigmas(file_sigmas, diffusion.make_schedule())
-        except ValueError as error:
-            fail("sampler.spacing", sampler.spacing, f"{error}.")
+        check_grid_levels(file_sigmas, diffusion, "sampler.spacing", sampler.spacing)
     if diffusion.process == "ddpm":
         for name in ("num_steps", "max_steps"):
             require(
@@ -193,9 +192,20 @@ def check_sampler(run: RunConfig) -> None:
         )
 
 
+def check_grid_levels(sigmas, diffusion, name: str, value, what: str = "") -> None:
+    """A grid file's levels against the schedule's range; ConfigError naming `name`=`value`
+    (`what`: which grid of the value, when it holds several)."""
+    try:
+        grids.validate_custom_sigmas(sigmas, diffusion.make_schedule())
+    except ValueError as error:
+        fail(name, value, f"{what}{error}.")
+
+
 def check_eval(run: RunConfig) -> None:
-    """Every sampler of eval.sweep against the process and T; the feature network vs the data."""
+    """Every sampler and grid of eval.sweep against the process and T; the feature network vs
+    the data."""
     allowed = solvers.names_for(run.diffusion.process)
+    labels = {}
     for point in run.eval.sweep_points(run.sampler.name, run.sampler.num_steps):
         one_of("eval.sweep", point.sampler, solvers.SAMPLERS)
         require(
@@ -213,6 +223,15 @@ def check_eval(run: RunConfig) -> None:
                 f"asks {point.num_steps} steps of {point.sampler!r}; the most is "
                 f"diffusion.num_timesteps={run.diffusion.num_timesteps}.",
             )
+        check_sweep_spacing(run, point)
+        label = (point.sampler, grid_files.short_name(point.spacing))
+        require(
+            labels.setdefault(label, point.spacing) == point.spacing,
+            "eval.sweep",
+            run.eval.sweep,
+            f"gives {point.sampler!r} the grids {labels[label]!r} and {point.spacing!r}, whose "
+            f"results would share the name {point.sampler}@{label[1]}; rename the grid file.",
+        )
     if run.eval.clip_model:
         require(
             run.conditioning.kind == "text",
@@ -228,6 +247,42 @@ def check_eval(run: RunConfig) -> None:
             run.eval.feature_network,
             f"'digits' judges the 8x8 digits only; data.name={run.data.name!r} needs 'inception'.",
         )
+
+
+def check_sweep_spacing(run: RunConfig, point: SweepPoint) -> None:
+    """One sweep point's step grid: a spacing rule, or a 'file:PATH' grid file that reads, has
+    the point's step count of levels and fits the schedule (as sampler.spacing's); VP only."""
+    sweep, process = run.eval.sweep, run.diffusion.process
+    require(
+        not point.spacing or process == "ddpm",
+        "eval.sweep",
+        sweep,
+        f"gives {point.sampler!r} the grid {point.spacing!r}; diffusion.process={process!r} "
+        "takes flow times (diffusion.flow_shift), not spacings: drop the '@' part.",
+    )
+    spacing = point.spacing or run.sampler.spacing
+    if process != "ddpm":
+        return
+    if not grid_files.is_file_spacing(spacing):
+        require(
+            spacing in grids.SPACINGS,
+            "eval.sweep",
+            sweep,
+            f"names the grid {spacing!r}; allowed: {', '.join(grids.SPACINGS)}, file:PATH.",
+        )
+        return
+    try:
+        sigmas, _ = grid_files.read_grid(grid_files.path_of(spacing))
+    except ValueError as error:
+        fail("eval.sweep", sweep, f"names the grid {spacing!r}: {error}.")
+    require(
+        len(sigmas) == point.num_steps,
+        "eval.sweep",
+        sweep,
+        f"asks {point.num_steps} steps of {point.sampler!r} on the grid file {spacing!r}, which "
+        f"has {len(sigmas)} levels; a grid file is run at exactly its level count.",
+    )
+    check_grid_levels(sigmas, run.diffusion, "eval.sweep", sweep, f"names {spacing!r}: ")
 
 
 def check_latent(latent, data: DataConfig, model_values) -> None:

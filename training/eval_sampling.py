@@ -17,6 +17,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 import sharding
+from diffusion import samplers
 from evaluation.eval_config import SweepPoint
 from evaluation.feature_network import FeatureNetwork
 from input_pipeline import captions, digits
@@ -29,7 +30,8 @@ PROGRESS_EVERY_SECONDS = 30.0
 
 
 class EvalSampler:
-    """One sampler of the sweep, compiled once for every step count up to the sweep's largest."""
+    """One sampler and step grid of the sweep, compiled once for every step count of the sweep
+    on that grid (and the config's own, when it is the config's sampler and grid)."""
 
     def __init__(
         self,
@@ -38,14 +40,25 @@ class EvalSampler:
         params_sharding,
         name: str,
         chunk: int = 0,
+        spacing: str = "",
     ):
         run = experiment.run
         self.experiment, self.network = experiment, network
         self.chunk = chunk or run.eval.batch_size  # images per compiled chain call
-        steps = [p.num_steps for p in run.eval.sweep_points(name, run.sampler.num_steps)]
+        self.name, self.spacing = name, spacing or run.sampler.spacing
+        own = (name, self.spacing) == (run.sampler.name, run.sampler.spacing)
+        steps = [
+            p.num_steps
+            for p in run.eval.sweep_points(name, run.sampler.num_steps)
+            if (p.sampler, p.spacing or run.sampler.spacing) == (name, self.spacing)
+        ]
+        if own or not steps:
+            steps.append(run.sampler.num_steps)
+        # A 'file:PATH' spacing is read by SamplerConfig.grid_sigmas, as for --mode=sample.
         sampler = dataclasses.replace(
             run.sampler,
             name=name,
+            spacing=self.spacing,
             num_steps=max(steps),
             max_steps=max(max(steps), run.sampler.max_steps),
             num_samples=self.chunk,
@@ -70,6 +83,11 @@ class EvalSampler:
             sequence_parallel=run.mesh.sequence_parallel,
             latent=experiment.latent,
         )
+
+    def evaluations(self, num_steps: int) -> int:
+        """Network evaluations per image of a `num_steps` chain (heun: 2n - 1; classifier-free
+        guidance batches both branches into one evaluation)."""
+        return samplers.count_evaluations(self.sample_fn.grid(num_steps), self.name)
 
     def draw(
         self,
@@ -113,8 +131,9 @@ class EvalSampler:
                 done = min(num_samples, (chunk + 1) * self.chunk)
                 rate = done / (now - start)
                 logging.info(
-                    "eval %s %d steps: %d/%d samples, %.1f/s, ETA %.0f s",
+                    "eval %s@%s %d steps: %d/%d samples, %.1f/s, ETA %.0f s",
                     point.sampler,
+                    self.spacing,
                     point.num_steps,
                     done,
                     num_samples,

@@ -8,6 +8,7 @@ one model serves any model on the same noise schedule (checked on load against i
 from __future__ import annotations
 
 import json
+from pathlib import PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -25,6 +26,13 @@ def is_file_spacing(spacing: str) -> bool:
 def path_of(spacing: str) -> str:
     """The file a 'file:PATH' spacing names."""
     return spacing[len(PREFIX) :]
+
+
+def short_name(spacing: str) -> str:
+    """A spacing as tables and file names show it: the rule, or a grid file's stem."""
+    if not is_file_spacing(spacing):
+        return spacing
+    return PurePosixPath(path_of(spacing)).stem
 
 
 def read_grid(path: str) -> tuple[np.ndarray, dict[str, Any]]:

@@ -318,16 +318,9 @@ def make_sample_fn(
         out_shardings=batch_sharding,
     )
 
-    def chain_arguments(
-        params: Params,
-        key: jax.Array,
-        num_steps: int | None = None,
-        guidance_scale: float | None = None,
-        conditions: SampleConditions | None = None,
-    ) -> tuple:
-        """What `sample_on_device` passes the jitted chain (--mode=compile lowers it on these)."""
+    def grid_for(num_steps: int | None = None) -> grids.Grid:
+        """The padded step grid of a `num_steps` chain (default sampler.num_steps), on the host."""
         num_steps = sampler.num_steps if num_steps is None else num_steps
-        scale = sampler.guidance_scale if guidance_scale is None else guidance_scale
         num_timesteps = schedule.num_timesteps if schedule is not None else None
         rule = "linspace" if file_sigmas is not None else sampler.spacing  # unused with a file
         samplers.validate_sampler(sampler.name, num_steps, num_timesteps, rule, process)
@@ -346,6 +339,18 @@ def make_sample_fn(
         )
         if init is not None:  # the edit runs the grid's last steps (traced: no recompile)
             grid = grids.drop_first(grid, editing.start_step(num_steps, init.strength))
+        return grid
+
+    def chain_arguments(
+        params: Params,
+        key: jax.Array,
+        num_steps: int | None = None,
+        guidance_scale: float | None = None,
+        conditions: SampleConditions | None = None,
+    ) -> tuple:
+        """What `sample_on_device` passes the jitted chain (--mode=compile lowers it on these)."""
+        grid = grid_for(num_steps)
+        scale = sampler.guidance_scale if guidance_scale is None else guidance_scale
         call_cond, call_uncond = cond, uncond
         if conditions is not None:
             if len(conditions.prompt_ids) != total:
@@ -386,6 +391,7 @@ def make_sample_fn(
 
     sample_to_host.chain = jitted  # the jitted chain, for compile-count checks
     sample_to_host.chain_arguments = chain_arguments  # its arguments, for --mode=compile
+    sample_to_host.grid = grid_for  # the step grid of a num_steps chain (its NFE, for evaluation)
     sample_to_host.on_device = sample_on_device  # sharded output, for evaluation
     sample_to_host.num_images = total
     sample_to_host.padded_rows = padded  # images per chain: total padded to the batch shards

@@ -17,9 +17,27 @@ def test_sweep_lists_every_sampler_and_step_count_in_order():
     assert EvalConfig().sweep_points("euler", 7) == (SweepPoint("euler", 7),)
 
 
-@pytest.mark.parametrize("sweep", ["ddim", "ddim:", "ddim:0", ":10", "ddim:ten"])
+def test_a_sweep_entry_may_name_its_grid_and_a_grid_file_path_may_hold_colons():
+    cfg = EvalConfig(
+        sweep="dpmpp_2m@karras:5,10; unipc_3 @ logsnr :5;"
+        "dpmpp_3m@file:gs://bucket/grids/dpmpp_3m_10.json:10;ddim:4"
+    )
+    assert cfg.sweep_points("euler", 7) == (
+        SweepPoint("dpmpp_2m", 5, "karras"),
+        SweepPoint("dpmpp_2m", 10, "karras"),
+        SweepPoint("unipc_3", 5, "logsnr"),
+        SweepPoint("dpmpp_3m", 10, "file:gs://bucket/grids/dpmpp_3m_10.json"),
+        SweepPoint("ddim", 4, ""),  # '' = sampler.spacing
+    )
+
+
+@pytest.mark.parametrize(
+    "sweep",
+    ["ddim", "ddim:", "ddim:0", ":10", "ddim:ten", "ddim@:10", "@karras:10", "ddim@file:a.json"],
+)
 def test_malformed_sweeps_are_refused_with_the_syntax(sweep):
-    with pytest.raises(ConfigError, match="eval.sweep.*sampler:positive step counts"):
+    match = r"eval\.sweep=.*sampler\[@spacing\]:positive step counts; spacing a .* or file:PATH"
+    with pytest.raises(ConfigError, match=match):
         schema.build(EvalConfig, {"sweep": sweep}, "eval")
 
 

@@ -4,6 +4,7 @@ by name, value and what is allowed, before anything is built."""
 import math
 
 import ml_collections
+import numpy as np
 import pytest
 
 from configs import cifar_ddpm, digits_ddpm, digits_dit, digits_flow, digits_text_unet, digits_vae
@@ -240,3 +241,35 @@ def test_the_pallas_tpu_kernel_is_refused_off_tpu_before_anything_compiles(tiny_
     run = RunConfig.from_configdict(tiny_config)  # --mode=compile builds it on any machine
     with pytest.raises(ConfigError, match=r"model.attention_impl='pallas_tpu'.*'cpu'"):
         config_checks.check_kernels_run_here(run)
+
+
+def test_every_grid_of_the_eval_sweep_is_checked_before_anything_compiles(tmp_path):
+    from diffusion import grids  # noqa: PLC0415
+    from training import grid_files  # noqa: PLC0415
+
+    schedule = RunConfig.from_configdict(digits_ddpm.get_config(), 8, 1).diffusion.make_schedule()
+    levels = grids.log_snr_sigmas(*grids.train_sigmas(schedule)[[0, -1]], 6)
+    good, wide = str(tmp_path / "a" / "good.json"), str(tmp_path / "wide.json")
+    grid_files.write_grid(good, levels)
+    grid_files.write_grid(wide, np.array([1e5, 1.0, 0.1]))
+    ok = f"ddim@karras:5,10;dpmpp_2m@file:{good}:6;euler:5"
+    RunConfig.from_configdict(_with(digits_ddpm, eval__sweep=ok), 8, process_count=1)
+    refusals = {
+        "ddim@cosine:5": r"names the grid 'cosine'; allowed: linspace, .*, edm, file:PATH\.",
+        f"ddim@file:{tmp_path}/none.json:5": r"names the grid 'file:.*none\.json': .*not exist",
+        f"ddim@file:{good}:5": r"asks 5 steps of 'ddim' on the grid file .* has 6 levels",
+        f"ddim@file:{wide}:3": r"names 'file:.*wide\.json': grid sigmas span .* outside",
+    }
+    for sweep, match in refusals.items():
+        _refused(_with(digits_ddpm, eval__sweep=sweep), r"eval\.sweep='.*' " + match)
+    # The config's own grid file (no '@') holds sweep points to its level count as well.
+    own = {"sampler__spacing": f"file:{good}", "sampler__num_steps": 6, "eval__sweep": "ddim:6,8"}
+    _refused(_with(digits_ddpm, **own), r"asks 8 steps of 'ddim' on the grid file")
+    grid_files.write_grid(str(tmp_path / "b" / "good.json"), levels)
+    twins = f"ddim@file:{good}:6;ddim@file:{tmp_path}/b/good.json:6"
+    _refused(_with(digits_ddpm, eval__sweep=twins), r"would share the name ddim@good")
+    _refused(
+        _with(digits_flow, eval__sweep="euler:5;heun@karras:5"),
+        r"eval\.sweep=.* gives 'heun' the grid 'karras'; diffusion\.process='flow' takes flow "
+        r"times .* drop the '@' part",
+    )

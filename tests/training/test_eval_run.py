@@ -8,10 +8,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from diffusion import grids
 from evaluation import digits_network, metrics
 from evaluation.statistics import FeatureStatistics
-from training import eval_run, loop
+from training import checkpointing, eval_run, grid_files, loop
 from training.evaluator import reference_path
+from training.experiment import build_experiment
 from training.run_config import RunConfig
 
 TRAIN_STEPS = 600
@@ -93,7 +95,9 @@ def test_eval_writes_a_record_per_sweep_point_and_8_devices_equal_1(trained):
         assert set(saved["metrics"]) >= {"fid", "kid_mean", "precision", "recall", "confidence"}
         assert saved["reference"].endswith(".npz") and saved["wall_seconds"] > 0
     with open(os.path.join(workdir, "eval", f"{TRAIN_STEPS}_table.md")) as file:
-        assert file.read().count("\n") == 2 + len(records)
+        sweep_table, best_table = file.read().split("\n\n", 1)
+    assert sweep_table.count("\n") == 1 + len(records)
+    assert best_table.count("\n") == 4 + 2  # 10 NFE (ddim or euler) and 20 NFE (ddim)
     config.eval.sweep = "ddim:10"
     again = eval_run.evaluate_checkpoint(config, workdir)[0]  # same seed and settings
     for name, value in records[0]["metrics"].items():
@@ -101,6 +105,75 @@ def test_eval_writes_a_record_per_sweep_point_and_8_devices_equal_1(trained):
     one_device = eval_run.evaluate_checkpoint(config, workdir, devices=jax.devices()[:1])[0]
     for name, value in records[0]["metrics"].items():
         np.testing.assert_allclose(one_device["metrics"][name], value, rtol=1e-4, err_msg=name)
+
+
+def test_two_grids_of_one_sampler_write_their_own_results_and_the_best_per_nfe(
+    tiny_config, tmp_path
+):
+    schedule = RunConfig.from_configdict(tiny_config).diffusion.make_schedule()
+    grid = str(tmp_path / "grids" / "ddim_4.json")
+    grid_files.write_grid(grid, grids.log_snr_sigmas(*grids.train_sigmas(schedule)[[0, -1]], 4))
+    tiny_config.eval.stats_dir = str(tmp_path / "stats")
+    tiny_config.eval.num_samples = tiny_config.eval.batch_size = 16
+    tiny_config.eval.sweep = f"ddim@karras:2,4;ddim@file:{grid}:4"
+    workdir = str(tmp_path / "run")
+    # No training (no train step to compile): a random network, its zero-initialised output
+    # layer (which every grid would map to the same samples) perturbed like all the rest.
+    state, _ = loop.create_state(build_experiment(tiny_config), seed=0)
+    rng = np.random.default_rng(1)
+    noisy = lambda x: jax.device_put(  # noqa: E731 (on the host: nothing to compile)
+        np.asarray(x) + rng.normal(0.0, 0.1, x.shape).astype(x.dtype), x.sharding
+    )
+    manager = checkpointing.make_manager(workdir, 1)
+    ema = jax.tree.map(noisy, state.ema_params)
+    checkpointing.save(manager, state.replace(ema_params=ema), force=True)
+    manager.wait_until_finished()
+    eval_run.eval_stats(tiny_config)
+    records = eval_run.evaluate_checkpoint(tiny_config, workdir)
+    names = ["ddim@karras_2", "ddim@karras_4", "ddim@ddim_4_4"]  # a grid file by its stem
+    assert [r["nfe"] for r in records] == [2, 4, 4]
+    assert [r["spacing"] for r in records] == ["karras", "karras", f"file:{grid}"]
+    for name, record in zip(names, records, strict=True):
+        with open(os.path.join(workdir, "eval", f"0_{name}.json")) as file:
+            assert json.load(file) == json.loads(json.dumps(record))
+    fids = [r["metrics"]["fid"] for r in records]
+    assert fids[1] != fids[2]  # one sampler, one step count, two grids: two results
+    best = eval_run.best_per_nfe(records)
+    assert [(r["nfe"], r["metrics"]["fid"]) for r in best] == [(2, fids[0]), (4, min(fids[1:]))]
+    with open(os.path.join(workdir, "eval", "0_table.md")) as file:
+        table = file.read()
+    winner = "karras" if fids[1] < fids[2] else "ddim_4"
+    assert "Best sampler and grid per NFE budget (lowest fid" in table
+    assert f"| 4 | ddim | {winner} | 4 | {min(fids[1:]):.4g} |" in table
+
+
+def test_best_per_nfe_takes_the_lowest_fid_of_each_budget():
+    def record(sampler, spacing, steps, nfe, fid):
+        return {"sampler": sampler, "spacing": spacing, "num_steps": steps, "nfe": nfe,
+                "metrics": {"fid": fid}}  # fmt: skip
+
+    records = [
+        record("heun", "karras", 3, 5, 9.0),  # heun: 2n - 1 evaluations
+        record("dpmpp_2m", "karras", 5, 5, 7.5),
+        record("dpmpp_2m", "file:runs/grids/dpmpp_2m_5.json", 5, 5, 6.25),
+        record("ddim", "trailing", 10, 10, float("nan")),
+        record("ddim", "karras", 10, 10, 4.0),
+        record("dpmpp_2m", "karras", 3, 3, 20.0),
+    ]
+    best = eval_run.best_per_nfe(records)
+    assert [(r["nfe"], r["sampler"], r["spacing"]) for r in best] == [
+        (3, "dpmpp_2m", "karras"),
+        (5, "dpmpp_2m", "file:runs/grids/dpmpp_2m_5.json"),
+        (10, "ddim", "karras"),
+    ]
+    lines = eval_run.format_best_per_nfe(records).splitlines()
+    assert lines[2:] == [
+        "| NFE | sampler | grid | steps | fid |",
+        "|---:|---|---|---:|---:|",
+        "| 3 | dpmpp_2m | karras | 3 | 20 |",
+        "| 5 | dpmpp_2m | dpmpp_2m_5 | 5 | 6.25 |",
+        "| 10 | ddim | karras | 10 | 4 |",
+    ]
 
 
 @pytest.mark.slow

@@ -2,6 +2,8 @@
 
     python benchmarks/eval_quality.py --workdir=runs/eval_quality
     python benchmarks/eval_quality.py --workdir=runs/eval_quality --nfe=5,10,20 --samplers=ddim,heun
+    python benchmarks/eval_quality.py --workdir=runs/eval_few_step --run_dir=runs/digits_ddpm \
+        --samplers=unipc,dpmpp_3m --spacings=trailing,logsnr --grid-dirs=runs/digits_ddpm/grids
 
 Trains `configs/digits_ddpm.py` (or `--config`) with in-loop evaluation every `--eval_every`
 steps (eval.in_loop_num_samples EMA samples, the config's DDIM-100), unless the workdir already
@@ -9,6 +11,9 @@ holds the final checkpoint; prints the in-loop metrics against steps from Tensor
 evaluates the final checkpoint with `--mode=eval`'s code for every sampler at (about) each NFE:
 steps = NFE for one-evaluation samplers, (NFE + 1) // 2 for Heun (no corrector onto sigma 0).
 Every figure uses `--num_samples` samples against the statistics of all 1797 digits.
+`--spacings` evaluates every sampler on each grid rule; `--grid-dirs` adds, per directory, the
+grid files `<sampler>_<steps>.json` found there (--mode=optimize_grid's or
+benchmarks/few_step_grids.py's); the run ends with the best sampler and grid per NFE budget.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -24,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 from diffusion import solvers  # noqa: E402
-from training import checkpointing, eval_run, loop  # noqa: E402
+from training import checkpointing, eval_run, grid_files, loop  # noqa: E402
 
 IN_LOOP_COLUMNS = ("fid", "kid_mean", "precision", "recall", "recognised", "accuracy")
 
@@ -34,9 +40,31 @@ def steps_for(sampler: str, nfe: int) -> int:
     return (nfe + 1) // 2 if sampler == "heun" else nfe
 
 
-def actual_nfe(sampler: str, steps: int) -> int:
-    """Network evaluations of `steps` steps (Heun: two per step but the last)."""
-    return 2 * steps - 1 if sampler == "heun" else steps
+def sweep_entries(
+    names: list[str], nfes: list[int], spacings: list[str], grid_dirs: list[str], workdir: str
+) -> list[str]:
+    """eval.sweep entries: every sampler at each NFE on each spacing ('' = the config's), then
+    on each grid file <dir>/<sampler>_<steps>.json that exists, copied to
+    <workdir>/grids/<dir name>_<sampler>_<steps>.json so that two directories' grids of one
+    sampler keep apart in the results."""
+    entries = []
+    for name in names:
+        counts = ",".join(str(steps_for(name, n)) for n in nfes)
+        entries += [
+            f"{name}@{spacing}:{counts}" if spacing else f"{name}:{counts}"
+            for spacing in spacings or [""]
+        ]
+        for directory in grid_dirs:
+            for n in nfes:
+                steps = steps_for(name, n)
+                source = os.path.join(directory, f"{name}_{steps}.json")
+                if os.path.exists(source):
+                    tag = os.path.basename(os.path.normpath(directory))
+                    copy = os.path.join(workdir, "grids", f"{tag}_{name}_{steps}.json")
+                    os.makedirs(os.path.dirname(copy), exist_ok=True)
+                    shutil.copyfile(source, copy)
+                    entries.append(f"{name}@file:{copy}:{steps}")
+    return entries
 
 
 def read_scalars(workdir: str) -> dict[str, list[tuple[int, float]]]:
@@ -58,6 +86,8 @@ def in_loop_table(workdir: str) -> str:
     """The in-loop eval/* scalars as a markdown table, one row per evaluated step."""
     scalars = read_scalars(workdir)
     columns = [c for c in IN_LOOP_COLUMNS if f"eval/{c}" in scalars]
+    if "eval/fid" not in scalars:
+        return "(the run evaluated nothing in the loop)"
     steps = [step for step, _ in scalars["eval/fid"]]
     lines = [
         "| step | " + " | ".join(columns) + " |",
@@ -77,6 +107,9 @@ def main() -> None:
     parser.add_argument("--num_samples", type=int, default=1000)
     parser.add_argument("--nfe", default="5,10,20,50,100")
     parser.add_argument("--samplers", default="", help="comma-separated ('' = all for the process)")
+    parser.add_argument("--run_dir", default="", help="a trained run ('' = <workdir>/run)")
+    parser.add_argument("--spacings", default="", help="comma-separated ('' = sampler.spacing)")
+    parser.add_argument("--grid-dirs", default="", help="comma-separated grid-file directories")
     args = parser.parse_args()
 
     config = importlib.import_module(args.config).get_config()
@@ -87,7 +120,7 @@ def main() -> None:
     process = config.diffusion.process
     names = args.samplers.split(",") if args.samplers else solvers.names_for(process)
     nfes = [int(n) for n in args.nfe.split(",")]
-    run_dir = os.path.join(args.workdir, "run")
+    run_dir = args.run_dir or os.path.join(args.workdir, "run")
     manager = checkpointing.make_manager(run_dir, config.max_checkpoints_to_keep)
     start = time.perf_counter()
     if manager.latest_step() != config.num_train_steps:
@@ -100,22 +133,29 @@ def main() -> None:
     )
 
     config.eval_every_steps = 0
-    config.eval.sweep = ";".join(
-        f"{name}:{','.join(str(steps_for(name, n)) for n in nfes)}" for name in names
-    )
+    spacings = [s for s in args.spacings.split(",") if s]
+    grid_dirs = [d for d in args.grid_dirs.split(",") if d]
+    config.eval.sweep = ";".join(sweep_entries(names, nfes, spacings, grid_dirs, args.workdir))
+    stats_dir = config.eval.stats_dir
+    if not (os.path.isdir(stats_dir) and os.listdir(stats_dir)):
+        eval_run.eval_stats(config)  # a run trained elsewhere: this workdir has no statistics
     records = eval_run.evaluate_checkpoint(config, run_dir)
-    print(f"\nSampler x NFE ({args.num_samples} samples, final checkpoint):\n")
-    print("| sampler | steps | NFE | FID | KID | precision | recall | recognised | seconds |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print(f"\nSampler x grid x NFE ({args.num_samples} samples, final checkpoint):\n")
+    print(
+        "| sampler | grid | steps | NFE | FID | KID | precision | recall | recognised | seconds |"
+    )
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for record in records:
         values = record["metrics"]
+        grid = grid_files.short_name(record["spacing"])
         print(
-            f"| {record['sampler']} | {record['num_steps']} | "
-            f"{actual_nfe(record['sampler'], record['num_steps'])} | {values['fid']:.2f} | "
+            f"| {record['sampler']} | {grid} | {record['num_steps']} | "
+            f"{record['nfe']} | {values['fid']:.2f} | "
             f"{values['kid_mean']:.2f} | {values['precision']:.3f} | {values['recall']:.3f} | "
             f"{values['recognised']:.3f} | {record['wall_seconds']:.1f} |",
             flush=True,
         )
+    print("\n" + eval_run.format_best_per_nfe(records))
     print(f"\ncommand: python {' '.join(sys.argv)}; total {time.perf_counter() - start:.0f} s")
 
 

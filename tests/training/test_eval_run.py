@@ -11,9 +11,9 @@ import pytest
 from diffusion import grids
 from evaluation import digits_network, metrics
 from evaluation.statistics import FeatureStatistics
-from training import checkpointing, eval_run, grid_files, loop
+from tests.random_checkpoint import save_random_checkpoint
+from training import eval_run, grid_files, loop
 from training.evaluator import reference_path
-from training.experiment import build_experiment
 from training.run_config import RunConfig
 
 TRAIN_STEPS = 600
@@ -117,17 +117,7 @@ def test_two_grids_of_one_sampler_write_their_own_results_and_the_best_per_nfe(
     tiny_config.eval.num_samples = tiny_config.eval.batch_size = 16
     tiny_config.eval.sweep = f"ddim@karras:2,4;ddim@file:{grid}:4"
     workdir = str(tmp_path / "run")
-    # No training (no train step to compile): a random network, its zero-initialised output
-    # layer (which every grid would map to the same samples) perturbed like all the rest.
-    state, _ = loop.create_state(build_experiment(tiny_config), seed=0)
-    rng = np.random.default_rng(1)
-    noisy = lambda x: jax.device_put(  # noqa: E731 (on the host: nothing to compile)
-        np.asarray(x) + rng.normal(0.0, 0.1, x.shape).astype(x.dtype), x.sharding
-    )
-    manager = checkpointing.make_manager(workdir, 1)
-    ema = jax.tree.map(noisy, state.ema_params)
-    checkpointing.save(manager, state.replace(ema_params=ema), force=True)
-    manager.wait_until_finished()
+    save_random_checkpoint(tiny_config, workdir)  # no train step to compile
     eval_run.eval_stats(tiny_config)
     records = eval_run.evaluate_checkpoint(tiny_config, workdir)
     names = ["ddim@karras_2", "ddim@karras_4", "ddim@ddim_4_4"]  # a grid file by its stem

@@ -76,7 +76,7 @@ def main() -> None:
     parser.add_argument("--samplers", default=DEFAULT_SAMPLERS, help="comma-separated or 'all'")
     parser.add_argument("--nfe", default="5,10,20")
     parser.add_argument("--starts", default="logsnr,karras,edm,trailing,leading")
-    parser.add_argument("--max-evaluations", type=int, default=2000)
+    parser.add_argument("--max-evaluations", type=int, default=1500)
     parser.add_argument("--dims", type=int, default=16)
     parser.add_argument("--modes", type=int, default=8)
     parser.add_argument("--batch", type=int, default=1024)

@@ -2,10 +2,11 @@
 newest checkpoint (or pretrained pipeline), and write it as a grid file for
 `sampler.spacing='file:PATH'`.
 
-The objective (diffusion/grid_search.py) is the RMS distance of the few-step chain's images from
-a fine-step reference chain's (`grid_search.reference_*`) from the same noise, on a calibration
-batch of `sampler.num_samples` (seed `seed`); the grid found is scored again on a held-out batch
-(seed + 1) beside the grids the search started from, and both go into the file and the log.
+The objective (diffusion/grid_search.py) is the per-image RMS distance (averaged over images) of
+the few-step chain's images from a fine-step reference chain's (`grid_search.reference_*`) from
+the same noise, on a calibration batch of `sampler.num_samples` (seed `seed`); the grid found is
+scored again on a held-out batch (seed + 1) beside the grids the search started from, and both
+go into the file and the log.
 """
 
 from __future__ import annotations
@@ -129,7 +130,7 @@ def format_summary(record: dict) -> str:
     """The calibration and held-out RMS of every start grid and of the optimised one."""
     lines = [
         f"{record['sampler']} at {record['num_steps']} steps ({record['nfe']} NFE), reference "
-        f"{record['reference']}; RMS distance from the reference:",
+        f"{record['reference']}; per-image RMS distance from the reference, mean over images:",
         "| grid | calibration | held out |",
         "| --- | ---: | ---: |",
     ]

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from benchmarks import few_step, few_step_grids
-from diffusion import analytic, grids, samplers, schedules
+from diffusion import analytic, grid_search, grids, samplers, schedules
 from training import grid_files
 
 
@@ -31,7 +31,7 @@ def test_searched_grid_is_written_and_read_back_by_few_step(tmp_path):
     assert spent == 5
     np.testing.assert_allclose(grid.sigmas[:5], result.sigmas, rtol=1e-6)
     ends = np.asarray(run(grid, jnp.asarray(x_T)).samples, np.float64)
-    assert abs(np.sqrt(np.mean((ends - reference) ** 2)) - result.loss) < 1e-6
+    assert abs(grid_search.rms_distance(ends, reference) - result.loss) < 1e-6
     assert samplers.count_evaluations(grid, "dpmpp_2m") == 5
     with pytest.raises(ValueError, match="does not exist"):
         few_step.grid_for_budget("unipc", 5, schedule, f"dir:{tmp_path}", 8)

@@ -86,6 +86,10 @@ def start_grid(
     return np.clip(levels, sigma_min, sigma_max)
 
 
+class _BudgetSpent(Exception):
+    """Raised by the objective once max_evaluations chains have run."""
+
+
 def search_grid(
     endpoints: Endpoints,
     reference: np.ndarray,
@@ -104,6 +108,8 @@ def search_grid(
     count = {"chains": 0}
 
     def loss_of_sigmas(sigmas: np.ndarray) -> float:
+        if count["chains"] >= max(max_evaluations, len(starts)):
+            raise _BudgetSpent  # Powell checks maxfev only between its line searches
         count["chains"] += 1
         if np.any(np.diff(sigmas) >= 0):  # a softmax weight underflowed: two levels coincide
             return 1e30
@@ -121,12 +127,15 @@ def search_grid(
     # the budget is spent or a restart gains less than 0.1%.
     while count["chains"] < max_evaluations:
         before = best["loss"]
-        optimize.minimize(
-            lambda w: loss_of_sigmas(sigmas_from_weights(w, sigma_min, sigma_max)),
-            weights_from_sigmas(best["sigmas"], sigma_min, sigma_max),
-            method="Powell",
-            options={"maxfev": max_evaluations - count["chains"], "xtol": 1e-3, "ftol": 1e-5},
-        )
+        try:
+            optimize.minimize(
+                lambda w: loss_of_sigmas(sigmas_from_weights(w, sigma_min, sigma_max)),
+                weights_from_sigmas(best["sigmas"], sigma_min, sigma_max),
+                method="Powell",
+                options={"xtol": 1e-3, "ftol": 1e-5},
+            )
+        except _BudgetSpent:
+            break
         if best["loss"] > (1.0 - 1e-3) * before:
             break
     return SearchResult(best["sigmas"], float(best["loss"]), start_losses, count["chains"])

@@ -101,3 +101,17 @@ def test_weights_and_sigmas_round_trip():
         grid_search.search_grid(
             lambda s: jnp.zeros(2), np.zeros(2), {"a": sigmas, "b": sigmas[:3]}, 0.01, 150.0
         )
+
+
+def test_search_runs_at_most_its_budget_of_chains():
+    calls = []
+    target = np.log([10.0, 3.0, 1.0, 0.2])
+
+    def endpoints(sigmas):
+        calls.append(sigmas)
+        return np.log(sigmas)[None, :]
+
+    starts = {"even": np.exp(np.linspace(np.log(10.0), np.log(0.05), 4))}
+    result = grid_search.search_grid(endpoints, target[None, :], starts, 0.01, 10.0, 17)
+    assert len(calls) == result.evaluations == 17
+    assert result.loss < result.start_losses["even"]

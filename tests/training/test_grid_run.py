@@ -31,7 +31,7 @@ def test_optimize_grid_writes_a_grid_the_sampler_reads(tiny_config, tmp_path):
     assert len(record["sigmas"]) == 4 and record["nfe"] == 4
     assert record["calibration_rms"] <= min(record["calibration_rms_of_starts"].values())
     assert set(record["held_out_rms"]) == {"logsnr", "trailing", "optimised"}
-    assert record["chains_run"] >= 30
+    assert 2 < record["chains_run"] <= 30  # the two starts, then the search
 
     tiny_config.sampler.spacing = f"file:{path}"
     samples = sample_run.sample_from_checkpoint(tiny_config, workdir)

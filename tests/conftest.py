@@ -2,8 +2,10 @@
 
 import os
 
-# Must happen before JAX initialises its backends.
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+from tests.xla_flags import cpu_devices
+
+# Must happen before JAX initialises its backends (subprocesses inherit the flags).
+os.environ.setdefault("XLA_FLAGS", cpu_devices(8))
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 

@@ -21,6 +21,7 @@ import pytest
 
 from input_pipeline import digits
 from tests.training.test_loop import _scalars
+from tests.xla_flags import cpu_devices
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEVICES = 4  # global devices of every run: 1 process x 4 or 2 processes x 2
@@ -59,7 +60,7 @@ def _train(workdir: str, num_processes: int, steps: int, cache_dir: str, *extra:
     env = {
         **os.environ,
         "JAX_PLATFORMS": "cpu",
-        "XLA_FLAGS": f"--xla_force_host_platform_device_count={DEVICES // num_processes}",
+        "XLA_FLAGS": cpu_devices(DEVICES // num_processes),
         "JAX_DISABLE_MOST_OPTIMIZATIONS": "1",  # compile faster; every run uses the same setting
         "JAX_COMPILATION_CACHE_DIR": cache_dir,  # a resumed run reuses the first run's compile
         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",

@@ -12,6 +12,7 @@ import pytest
 
 from evaluation import statistics
 from evaluation.statistics import FeatureBank, FeatureStatistics
+from tests.xla_flags import cpu_devices
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 META = {
@@ -202,7 +203,7 @@ def test_all_processes_on_two_processes(tmp_path):
     x = _features(11, 700, 16)
     np.save(tmp_path / "features.npy", x)
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": REPO}
-    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+    env["XLA_FLAGS"] = cpu_devices(2)
     port = str(_free_port())
     procs = [
         subprocess.Popen(

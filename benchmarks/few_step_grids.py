@@ -47,14 +47,7 @@ def optimise_one(
     max_steps: int,
 ) -> tuple[grid_search.SearchResult, int]:
     """(search result, steps) for `sampler` spending at most `nfe` evaluations."""
-    steps = next(
-        n
-        for n in range(nfe, 0, -1)
-        if samplers.count_evaluations(
-            samplers.make_grid(sampler, n, schedule=schedule, spacing="logsnr"), sampler
-        )
-        <= nfe
-    )
+    steps = next(n for n in range(nfe, 0, -1) if few_step.fits_budget(sampler, n, nfe, schedule))
     sigma_min, sigma_max = (float(s) for s in grids.train_sigmas(schedule)[[0, -1]])
 
     def endpoints(sigmas: np.ndarray) -> np.ndarray:

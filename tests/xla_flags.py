@@ -1,8 +1,9 @@
-"""XLA_FLAGS for tests: n simulated CPU devices, and a collective timeout a loaded machine meets.
+"""XLA_FLAGS for tests: n simulated CPU devices, and a longer CPU collective timeout.
 
-XLA aborts the whole process ("Termination timeout ... of 40 seconds exceeded") when a collective
-waits 40 s for one of the simulated devices, which a loaded 2-core machine can make it do inside
-an ordinary train step; the tests allow 15 minutes.
+XLA aborts the whole process when a CPU collective's rendezvous waits past
+xla_cpu_collective_call_terminate_timeout_seconds (default 40 s). That is one suspected cause
+(unconfirmed) of the "Fatal Python error: Aborted" seen in a train step on the loaded 2-core
+machine; the tests allow 15 minutes so that a slow rendezvous cannot be it.
 """
 
 COLLECTIVE_TIMEOUT = "--xla_cpu_collective_call_terminate_timeout_seconds=900"

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from models import layers
+from models import attention, layers
 from models.logical import constrain
 
 if TYPE_CHECKING:
@@ -102,7 +102,7 @@ class Attention(nnx.Module):
         batch, height, width, channels = x.shape
         h = self.group_norm(x).reshape(batch, height * width, channels)
         # One head of width C: scale 1/sqrt(C); float32 throughout (diffusers' upcast_softmax).
-        attended = layers.attention(self.to_q(h), self.to_k(h), self.to_v(h), num_heads=1)
+        attended = attention.attention(self.to_q(h), self.to_k(h), self.to_v(h), num_heads=1)
         return x + self.to_out[0](attended).reshape(x.shape)
 
 

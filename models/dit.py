@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from models import layers
+from models import attention, attention_blocks, layers
 from models.dit_config import DTYPES, DiTConfig
 from models.logical import constrain
 
@@ -97,13 +97,13 @@ class SelfAttention(nnx.Module):
 
     def __init__(self, hidden: int, num_heads: int, *, dtype, attention_impl=None, rngs: nnx.Rngs):
         self.num_heads = num_heads
-        self.attention_impl = attention_impl  # layers.ATTENTION_IMPLS
+        self.attention_impl = attention_impl  # attention.ATTENTION_IMPLS
         self.qkv = _dense(hidden, 3 * hidden, axes=("embed", "heads"), dtype=dtype, rngs=rngs)
         self.out = _dense(hidden, hidden, axes=("heads", "embed"), dtype=dtype, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         query, key, value = jnp.split(self.qkv(x), 3, axis=-1)  # 3 x [B, T, D]
-        attended = layers.attention(
+        attended = attention.attention(
             query, key, value, self.num_heads, implementation=self.attention_impl
         )
         return self.out(attended)
@@ -127,7 +127,7 @@ class DiTBlock(nnx.Module):
         self.attention = SelfAttention(hidden, heads, attention_impl=impl, **common)
         if config.context_dim is not None:
             self.norm_cross = _layer_norm(hidden, affine=True, **common)
-            self.cross_attention = layers.MultiHeadAttention(
+            self.cross_attention = attention_blocks.MultiHeadAttention(
                 hidden,
                 config.context_dim,
                 num_heads=heads,

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from models import layers
+from models import attention_blocks, layers
 from models.unet_config import DTYPES, UNetConfig
 
 
@@ -40,10 +40,10 @@ class UNet(nnx.Module):
             # Text-conditioned U-Nets use Stable Diffusion's transformer blocks; others DDPM's.
             heads = config.heads(level)
             if config.context_dim is None:
-                return layers.AttentionBlock(
+                return attention_blocks.AttentionBlock(
                     channels, num_heads=heads, norm_eps=config.norm_eps, **attn
                 )
-            return layers.SpatialTransformer(
+            return attention_blocks.SpatialTransformer(
                 channels,
                 config.context_dim,
                 num_heads=heads,

@@ -8,7 +8,7 @@ import pytest
 
 import sharding
 from configs import digits_tiny
-from models import flash_attention, layers, registry
+from models import attention, flash_attention, registry
 from models.functional import functionalize
 
 # Measured on CPU (float32, interpret mode): forward <= 5e-7, gradients <= 2e-6 absolute, on
@@ -85,14 +85,14 @@ def test_layers_attention_routes_pallas_tpu_and_takes_key_masks_only():
     q = jax.random.normal(jax.random.key(0), (2, 16, 8))  # [B, T, C]
     k, v = (jax.random.normal(jax.random.key(i), (2, 5, 8)) for i in (1, 2))
     mask = jnp.array([[True, True, False, True, False], [True] * 5])[:, None, None, :]
-    attend = jax.jit(layers.attention, static_argnames=("num_heads", "implementation"))
+    attend = jax.jit(attention.attention, static_argnames=("num_heads", "implementation"))
     np.testing.assert_allclose(
         attend(q, k, v, num_heads=2, mask=mask, implementation="pallas_tpu"),
         attend(q, k, v, num_heads=2, mask=mask, implementation="xla"),
         **FORWARD_TOL,
     )
     with pytest.raises(ValueError, match=r"'pallas_tpu' takes masks over the keys only"):
-        layers.attention(q, k, v, 2, jnp.ones((2, 1, 16, 5), bool), implementation="pallas_tpu")
+        attention.attention(q, k, v, 2, jnp.ones((2, 1, 16, 5), bool), implementation="pallas_tpu")
 
 
 @pytest.mark.parametrize("axes", [dict(data=4, tensor=2), dict(data=2, fsdp=2, tensor=2)])
@@ -106,7 +106,7 @@ def test_runs_per_device_on_a_mesh_that_splits_the_batch_and_the_heads(axes):
 
     def attend_and_grad(q, k, v, implementation):
         def attend(q):
-            return layers.attention(q, k, v, 4, mask, implementation=implementation)
+            return attention.attention(q, k, v, 4, mask, implementation=implementation)
 
         with sharding.activation_constraints(mesh):
             return attend(q), jax.grad(lambda q: jnp.sum(attend(q) ** 2))(q)

@@ -32,6 +32,12 @@ from training.sampling import make_sample_fn
 from training.train_state import TrainState, create_train_state
 from training.train_step import jit_train_step
 
+# Steps dispatched ahead of the device: the loop waits for the step this many before the one it
+# just dispatched. Without a bound, a long log interval lets JAX queue hundreds of steps (each
+# holding its batch); 8 keeps the device busy while host-side work, memory and, on the 8 simulated
+# CPU devices of the tests, the queue of in-flight collectives stay small.
+MAX_STEPS_IN_FLIGHT = 8
+
 
 def state_shardings(experiment: Experiment, abstract_state: TrainState) -> TrainState:
     """NamedShardings for every leaf of the train state (params by the logical-axis rules)."""
@@ -320,6 +326,8 @@ class Trainer:
                 self.state, metrics = self._train_step(self.state, batch, self.experiment.frozen)
             self.step = step
             pending.append((step, metrics))
+            if len(pending) > MAX_STEPS_IN_FLIGHT:  # bound the dispatch run-ahead (see constant)
+                jax.block_until_ready(pending[-MAX_STEPS_IN_FLIGHT - 1][1])
             interval_steps += 1
             report(step)
             preempted = watcher is not None and watcher.should_stop(step)  # host flag, no sync

@@ -197,3 +197,40 @@ def test_the_sample_grid_is_one_enlarged_labelled_picture_for_png_and_tensorboar
     assert (loop.grid_rows(experiment), loop.grid_labels(experiment)) == (None, None)
     experiment.step_config.autoencoder = object()
     assert loop.grid_labels(experiment) == ("original", "reconstruction")
+
+
+def test_dispatch_waits_for_the_step_max_steps_in_flight_back(
+    fast_loop_config, tmp_path, monkeypatch
+):
+    """With a log interval longer than the bound, step s waits for step s - 1 - bound's metrics
+    before the next dispatch: the queue of steps JAX runs ahead never passes the bound."""
+    import jax  # noqa: PLC0415
+
+    config = fast_loop_config
+    config.num_train_steps, config.log_every_steps, config.checkpoint_every_steps = 7, 7, 7
+    monkeypatch.setattr(loop, "MAX_STEPS_IN_FLIGHT", 2)
+    counting_step = loop.make_train_step  # tests/training/conftest.py's stand-in
+    dispatched: list[object] = []  # each step's metrics, in order
+
+    def recording_step(experiment, shardings):
+        step = counting_step(experiment, shardings)
+
+        def run(state, batch, bank):
+            state, metrics = step(state, batch, bank)
+            dispatched.append(metrics)
+            return state, metrics
+
+        return run
+
+    waited: list[int] = []  # 1-based steps whose metrics the loop waited for
+    block = jax.block_until_ready
+
+    def spy(tree):
+        waited.extend(i + 1 for i, metrics in enumerate(dispatched) if metrics is tree)
+        return block(tree)
+
+    monkeypatch.setattr(loop, "make_train_step", recording_step)
+    monkeypatch.setattr(jax, "block_until_ready", spy)
+    loop.train_and_evaluate(config, str(tmp_path / "run"))
+    assert len(dispatched) == 7
+    assert waited == [1, 2, 3, 4, 5]  # after dispatching steps 3..7

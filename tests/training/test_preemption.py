@@ -38,6 +38,7 @@ def test_sigterm_mid_run_saves_that_step_and_returns(
 
     batch_hooks[3] = preempt
     caplog.set_level(logging.INFO)
+    caplog.set_level(logging.INFO, logger="absl")  # an earlier test may have left it at WARNING
     workdir = str(tmp_path / "run")
     state = loop.train_and_evaluate(config, workdir)
     checkpoints = os.path.join(workdir, "checkpoints")
@@ -97,6 +98,7 @@ def test_sigterm_during_start_up_checkpoints_the_first_step(
 
     monkeypatch.setattr(loop, "build_experiment", build_then_sigterm)
     caplog.set_level(logging.INFO)
+    caplog.set_level(logging.INFO, logger="absl")  # an earlier test may have left it at WARNING
     workdir = str(tmp_path / "run")
     assert int(loop.train_and_evaluate(config, workdir).step) == 1
     assert os.listdir(os.path.join(workdir, "checkpoints")) == ["1"]

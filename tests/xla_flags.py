@@ -1,9 +1,10 @@
 """XLA_FLAGS for tests: n simulated CPU devices, and a longer CPU collective timeout.
 
 XLA aborts the whole process when a CPU collective's rendezvous waits past
-xla_cpu_collective_call_terminate_timeout_seconds (default 40 s). That is one suspected cause
-(unconfirmed) of the "Fatal Python error: Aborted" seen in a train step on the loaded 2-core
-machine; the tests allow 15 minutes so that a slow rendezvous cannot be it.
+xla_cpu_collective_call_terminate_timeout_seconds (default 40 s); the tests allow 15 minutes so
+that a slow rendezvous on the loaded 2-core machine cannot abort a run. It was suspected of the
+"Fatal Python error: Aborted" seen in test_eval_run's 600-step fixture, but that abort recurred
+with this flag (docs/PERFORMANCE.md, CI table), so its cause is still unknown.
 """
 
 COLLECTIVE_TIMEOUT = "--xla_cpu_collective_call_terminate_timeout_seconds=900"

@@ -32,10 +32,8 @@ from training.sampling import make_sample_fn
 from training.train_state import TrainState, create_train_state
 from training.train_step import jit_train_step
 
-# Steps dispatched ahead of the device: the loop waits for the step this many before the one it
-# just dispatched. Without a bound, a long log interval lets JAX queue hundreds of steps (each
-# holding its batch); 8 keeps the device busy while host-side work, memory and, on the 8 simulated
-# CPU devices of the tests, the queue of in-flight collectives stay small.
+# The loop waits for the step this many back before dispatching more: without a bound a long log
+# interval lets JAX queue hundreds of steps (each holding its batch); 8 keeps the devices busy.
 MAX_STEPS_IN_FLIGHT = 8
 
 

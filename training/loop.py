@@ -32,8 +32,7 @@ from training.sampling import make_sample_fn
 from training.train_state import TrainState, create_train_state
 from training.train_step import jit_train_step
 
-# The loop waits for the step this many back before dispatching more: without a bound a long log
-# interval lets JAX queue hundreds of steps (each holding its batch); 8 keeps the devices busy.
+# Dispatch waits for the step this many back: a long log interval cannot queue hundreds of steps.
 MAX_STEPS_IN_FLIGHT = 8
 
 

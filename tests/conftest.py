@@ -1,6 +1,7 @@
 """Test setup: 8 simulated CPU devices, so every sharded path runs in tests."""
 
 import os
+import tempfile
 
 from tests.xla_flags import cpu_devices
 
@@ -8,6 +9,16 @@ from tests.xla_flags import cpu_devices
 os.environ.setdefault("XLA_FLAGS", cpu_devices(8))
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# JAX's persistent compilation cache, shared by the xdist workers and their subprocesses: many
+# tests compile the same small programs (the tiny U-Net's step, init, sampling), and a hit skips
+# XLA (test_latent.py: 429 s -> 309 s from a cold cache). Entries are keyed by program, flags and
+# versions, so a stale one is never used; a torn read only warns and recompiles. Set
+# JAX_COMPILATION_CACHE_DIR= (empty) to compile everything afresh.
+os.environ.setdefault(
+    "JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), "diffusion-tests-xla-cache")
+)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 import jax  # noqa: E402 (after the environment above)
 import pytest  # noqa: E402

@@ -15,7 +15,7 @@ OPTIONS = (
 
 @pytest.fixture
 def restore_options():
-    """Puts JAX's cache options back: the rest of the session must not write a cache."""
+    """Puts JAX's cache options back (the session's own cache, tests/conftest.py)."""
     previous = {name: getattr(jax.config, name) for name in OPTIONS}
     yield previous
     for name, value in previous.items():

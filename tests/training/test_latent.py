@@ -1,6 +1,7 @@
 """Latent diffusion: the train step encodes, sample chains decode; the two-stage digits pipeline."""
 
 import dataclasses
+import functools
 import json
 import os
 
@@ -90,13 +91,13 @@ def test_the_step_trains_on_encoded_latents(latent_config):
         optimizer=experiment.optimizer,
         learning_rate_fn=experiment.learning_rate_fn,
     )
-    _, encoded_metrics = train_step(
-        state, {"image": images}, experiment.frozen, config=experiment.step_config, **static
-    )
+    encoded_step = jax.jit(functools.partial(train_step, config=experiment.step_config, **static))
+    _, encoded_metrics = encoded_step(state, {"image": images}, experiment.frozen)
     mean, _ = ae.bind(TINY_VAE, experiment.latent.params).encode(images)
     latents = ae.to_latent(mean, TINY_VAE)
     pixel_config = dataclasses.replace(experiment.step_config, latent=None)
-    _, latent_metrics = train_step(state, {"image": latents}, None, config=pixel_config, **static)
+    latent_step = jax.jit(functools.partial(train_step, config=pixel_config, **static))
+    _, latent_metrics = latent_step(state, {"image": latents}, None)
     np.testing.assert_allclose(encoded_metrics["loss"], latent_metrics["loss"], rtol=1e-5)
 
 

@@ -24,20 +24,25 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import re
 import time
 
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 from absl import logging
 from etils import epath
 
 import sharding
-from diffusion import samplers
 from training import loop, stand_ins, step_cost, tpu_topologies
+from training.compile_sampler import sampler_report
 from training.compile_text import collectives, format_report
+from training.compiled_memory import (
+    compile_or_out_of_memory,
+    estimate_seconds,
+    memory_from_error,
+    peak_bytes,
+    shard_bytes,
+)
 from training.experiment import Experiment, build_experiment
 from training.run_config import RunConfig
 from training.train_state import TrainState
@@ -45,15 +50,6 @@ from training.train_state import TrainState
 
 class DoesNotFitError(RuntimeError):
     """The compiled step needs more memory per device than the chip has."""
-
-
-def shard_bytes(tree) -> int:
-    """Bytes one device holds of an abstract tree whose leaves carry NamedShardings."""
-    total = 0
-    for leaf in jax.tree.leaves(tree):
-        shape = leaf.sharding.shard_shape(leaf.shape) if leaf.sharding is not None else leaf.shape
-        total += int(np.prod(shape)) * jnp.dtype(leaf.dtype).itemsize
-    return total
 
 
 def abstract_batch(experiment: Experiment, batch_size: int) -> dict[str, jax.ShapeDtypeStruct]:
@@ -85,19 +81,8 @@ def abstract_tree(tree, mesh):
     )
 
 
-def _shape_only(tree):
-    """Every leaf that is not already abstract as a ShapeDtypeStruct (its sharding left to jit)."""
-
-    def one(leaf):
-        if isinstance(leaf, jax.ShapeDtypeStruct):
-            return leaf
-        return jax.eval_shape(lambda: leaf)
-
-    return jax.tree.map(one, tree)
-
-
 @dataclasses.dataclass(frozen=True)
-class _Compiled:
+class CompiledStep:
     """One train step built for a device list and compiled, with what it was built from;
     `compiled` is None and `error` says why when the compiler refused it for lack of HBM."""
 
@@ -110,7 +95,7 @@ class _Compiled:
     error: str = ""
 
 
-def _compile_train_step(run: RunConfig, devices: list) -> _Compiled:
+def _compile_train_step(run: RunConfig, devices: list) -> CompiledStep:
     """The run's real train step, on abstract state and batch, compiled for `devices`."""
     experiment = build_experiment(run, devices, shape_only_weights=True)
     state, shardings = loop.abstract_state(experiment, run.seed)
@@ -121,50 +106,9 @@ def _compile_train_step(run: RunConfig, devices: list) -> _Compiled:
     lowered = step.lower(
         state, batch, None if frozen is None else abstract_tree(frozen, experiment.mesh)
     )
-    compiled, error = _compile_or_out_of_memory(lowered)
+    compiled, error = compile_or_out_of_memory(lowered)
     seconds = time.perf_counter() - start
-    return _Compiled(experiment, state, shardings, batch, compiled, seconds, error)
-
-
-def _compile_or_out_of_memory(lowered) -> tuple[jax.stages.Compiled | None, str]:
-    """(compiled, "") or, when the TPU compiler finds the program does not fit, (None, why)."""
-    try:
-        return lowered.compile(), ""
-    except jax.errors.JaxRuntimeError as error:
-        if "RESOURCE_EXHAUSTED" not in str(error) or _OUT_OF_MEMORY.search(str(error)) is None:
-            raise
-        return None, str(error)
-
-
-# libtpu: "... the total memory required for HLO temporaries (40.11G) exceeds available HBM
-# (15.75G)." (jax 0.10.2 / libtpu 0.0.42.1)
-_OUT_OF_MEMORY = re.compile(r"temporaries \((\d+(?:\.\d+)?)([KMGT])\)")
-
-
-def _memory_from_error(error: str, arguments: int) -> dict[str, int]:
-    """Per-device memory of a step the compiler refused: the temporaries its message gives and
-    the arguments counted from the abstract state and batch."""
-    value, unit = _OUT_OF_MEMORY.search(error).groups()
-    temporaries = int(float(value) * 2 ** (10 * ("KMGT".index(unit) + 1)))
-    parts = {
-        "arguments": arguments,
-        "temporaries": temporaries,
-        "outputs_not_aliased": 0,
-        "generated_code": 0,
-    }
-    return {**parts, "peak": arguments + temporaries}
-
-
-def _peak_bytes(compiled: jax.stages.Compiled) -> dict[str, int]:
-    """XLA's per-device memory analysis, and the peak its parts add up to."""
-    memory = compiled.memory_analysis()
-    parts = {
-        "arguments": memory.argument_size_in_bytes,
-        "temporaries": memory.temp_size_in_bytes,
-        "outputs_not_aliased": memory.output_size_in_bytes - memory.alias_size_in_bytes,
-        "generated_code": memory.generated_code_size_in_bytes,
-    }
-    return {**parts, "peak": sum(parts.values())}
+    return CompiledStep(experiment, state, shardings, batch, compiled, seconds, error)
 
 
 def _target(topology: str, num_slices: int) -> tuple[str, list, tpu_topologies.Chip]:
@@ -203,9 +147,9 @@ def compile_report(
     if step.compiled is None:
         state_bytes = sum(shard_bytes(part) for part in (state.params, state.ema_params))
         state_bytes += shard_bytes(state.opt_state)
-        memory = _memory_from_error(step.error, state_bytes + batch_bytes)
+        memory = memory_from_error(step.error, state_bytes + batch_bytes)
     else:
-        memory = _peak_bytes(step.compiled)
+        memory = peak_bytes(step.compiled)
     fits = memory["peak"] <= hbm
     cost, twin_seconds, repeats = _estimate_cost(step, config_dict, devices, hosts, fits)
     flops = cost.get("flops", 0.0) * repeats
@@ -264,7 +208,7 @@ def compile_report(
 
 
 def _estimate_cost(
-    step: _Compiled,
+    step: CompiledStep,
     config_dict: ml_collections.ConfigDict,
     devices: list,
     hosts: int,
@@ -288,104 +232,6 @@ def _estimate_cost(
     if twin.compiled is None:
         return {}, twin.seconds, 1
     return step_cost.cost(twin.compiled), twin.seconds, repeats
-
-
-def estimate_seconds(
-    cost: dict[str, float], peak_flops: float, bandwidth: float
-) -> tuple[float, str | None, float, float]:
-    """(seconds, source, optimal_seconds, roofline seconds) of one compiled program per device.
-
-    libtpu's `optimal_seconds` is negative for some programs (seen for U-Net train steps and
-    every program with a loop, jax 0.10.2 / libtpu 0.0.42.1); then the time is the roofline of
-    the compiler's own counts: the slower of its FLOPs at peak and its bytes at HBM bandwidth.
-    Both are 0 on the CPU backend (no datasheet peak)."""
-    if peak_flops <= 0 or bandwidth <= 0:
-        return 0.0, None, 0.0, 0.0
-    optimal = cost.get("optimal_seconds", 0.0)
-    roofline = max(cost.get("flops", 0.0) / peak_flops, cost.get("bytes accessed", 0.0) / bandwidth)
-    if optimal > 0:
-        return optimal, "optimal_seconds", optimal, roofline
-    return roofline, "roofline" if roofline > 0 else None, optimal, roofline
-
-
-def sampler_report(
-    config_dict: ml_collections.ConfigDict,
-    step: _Compiled,
-    devices: list,
-    hosts: int,
-    hbm: float,
-    peak: tuple[float, float] = (0.0, 0.0),
-) -> dict[str, object]:
-    """The run's sampler chain (sampler.*, EMA params laid out as in training) compiled for the
-    same devices: its memory per device, and (TPU: `peak` FLOP/s and HBM bytes/s per device) its
-    time as the network evaluations it makes times the estimate of one evaluation (of the
-    loop-free twin: the chain is a scan); the final decode of latent runs is not in the time."""
-    experiment = step.experiment
-    sample_fn = loop.experiment_sample_fn(experiment, step.shardings.ema_params)
-    key = jax.eval_shape(lambda: jax.random.key(0))
-    arguments = sample_fn.chain_arguments(step.state.ema_params, key)
-    grid, cond = arguments[2], arguments[3]
-    start = time.perf_counter()
-    chain, error = _compile_or_out_of_memory(sample_fn.chain.lower(*_shape_only(arguments)))
-    seconds = time.perf_counter() - start
-    arguments_bytes = shard_bytes(step.state.ema_params)
-    memory = _peak_bytes(chain) if chain else _memory_from_error(error, arguments_bytes)
-    evaluations = samplers.count_evaluations(grid, experiment.sampler.name)
-    report = {
-        "sampler": experiment.sampler.name,
-        "num_steps": experiment.sampler.num_steps,
-        "images": sample_fn.num_images,
-        "network_evaluations": evaluations,
-        "per_device_mib": {part: size / 2**20 for part, size in memory.items()},
-        "fits": memory["peak"] <= hbm and chain is not None,
-        "compiler_error": error,
-        "seconds_to_compile": seconds,
-    }
-    if min(peak) > 0 and chain is not None:
-        twin_run = RunConfig.from_configdict(
-            step_cost.counting_twin(config_dict), len(devices), hosts
-        )
-        one = _compile_evaluation(twin_run, devices, sample_fn.padded_rows, cond)
-        seconds, source, _, _ = estimate_seconds(step_cost.cost(one), *peak)
-        report["estimate_source"] = source
-        report["estimated_seconds_per_evaluation"] = seconds
-        report["estimated_chain_seconds"] = seconds * evaluations
-        report["estimated_images_per_second"] = (
-            sample_fn.num_images / (seconds * evaluations) if seconds > 0 else None
-        )
-    return report
-
-
-def _compile_evaluation(run: RunConfig, devices: list, rows: int, cond) -> jax.stages.Compiled:
-    """One network evaluation of the chain (both guidance branches batched, as the sampler
-    batches them) compiled for `devices`."""
-    experiment = build_experiment(run, devices, shape_only_weights=True)
-    _, shardings = loop.abstract_state(experiment, run.seed)
-    params = experiment.model.abstract_params
-    mesh = experiment.mesh
-    batch_sharding = sharding.batch_sharding(mesh)
-    if cond is not None:
-        rows *= 2
-        cond = jax.tree.map(
-            lambda leaf: jax.ShapeDtypeStruct((rows, *np.shape(leaf)[1:]), leaf.dtype), cond
-        )
-    x_t = jax.ShapeDtypeStruct((rows, *experiment.image_shape), jnp.float32)
-    t = jax.ShapeDtypeStruct((rows,), jnp.float32)
-    parallel = run.mesh.sequence_parallel
-
-    def evaluate(params, x_t, t, kwargs):
-        kwargs = dict(kwargs or {})
-        if "concat" in kwargs:  # inpainting models' extra input channels
-            x_t = jnp.concatenate([x_t, kwargs.pop("concat").astype(x_t.dtype)], axis=-1)
-        with sharding.activation_constraints(mesh, parallel):
-            return experiment.model.apply(params, x_t, t, **kwargs)
-
-    jitted = jax.jit(
-        evaluate,
-        in_shardings=(shardings.ema_params, batch_sharding, batch_sharding, batch_sharding),
-        out_shardings=batch_sharding,
-    )
-    return jitted.lower(params, x_t, t, cond).compile()
 
 
 def compile_for_topology(

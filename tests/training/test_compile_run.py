@@ -4,7 +4,7 @@ import json
 import jax
 import pytest
 
-from training import compile_run, compile_text, tpu_topologies
+from training import compile_run, compile_text, compiled_memory, tpu_topologies
 
 HLO = """
   %all-reduce.1 = (f32[16]{0:T(128)S(1)}, /*index=1*/f32[3,3,1,16]{3,2,1,0:T(1,128)}) \
@@ -206,6 +206,6 @@ def test_a_step_libtpu_refuses_for_hbm_is_reported_from_its_message():
         "RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO "
         "temporaries (40.11G) exceeds available HBM (15.75G)."
     )
-    memory = compile_run._memory_from_error(message, arguments=3 * 2**30)
+    memory = compiled_memory.memory_from_error(message, arguments=3 * 2**30)
     assert memory["temporaries"] == int(40.11 * 2**30)
     assert memory["peak"] == memory["temporaries"] + 3 * 2**30

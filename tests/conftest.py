@@ -20,10 +20,10 @@ os.environ.setdefault(
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
-import jax  # noqa: E402 (after the environment above)
 import pytest  # noqa: E402
 
 from configs import digits_tiny  # noqa: E402
+from tests.xla_optimisations import optimisations_off  # noqa: E402 (imports jax)
 
 
 @pytest.fixture
@@ -45,10 +45,8 @@ def tiny_clip_model(tmp_path_factory):
 @pytest.fixture(scope="module")
 def fast_compiles():
     """For numbers that do not depend on XLA's optimisation passes: skip them (faster compiles)."""
-    previous = jax.config.read("jax_disable_most_optimizations")
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", previous)
+    with optimisations_off():
+        yield
 
 
 # The longest test files, longest first (seconds on the CI machine, docs/PERFORMANCE.md). CI runs

@@ -12,13 +12,8 @@ T = 1000
 SHAPE = (3, 4)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _fast_compiles():
-    """The few sampler scans here are checked to float32 rounding, not XLA's optimisations."""
-    previous = jax.config.read("jax_disable_most_optimizations")
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", previous)
+# The few sampler scans here are checked to float32 rounding, not XLA's optimisations.
+pytestmark = pytest.mark.usefixtures("fast_compiles")
 
 
 @pytest.fixture(scope="module")

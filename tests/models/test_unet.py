@@ -24,13 +24,8 @@ TINY = UNetConfig(
 )
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _fast_compiles():
-    """The numbers checked here do not depend on XLA's optimisation passes: skip them."""
-    previous = jax.config.read("jax_disable_most_optimizations")
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", previous)
+# The numbers checked here do not depend on XLA's optimisation passes: skip them.
+pytestmark = pytest.mark.usefixtures("fast_compiles")
 
 
 def _tiny(**changes) -> UNetConfig:

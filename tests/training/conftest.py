@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import pytest
 
 from input_pipeline import pipeline
+from tests.xla_optimisations import optimisations_off
 from training import loop
 
 
@@ -32,10 +33,8 @@ def fast_loop_config(tiny_config, monkeypatch):
     )
     tiny_config.sample_every_steps = 0
     monkeypatch.setattr(loop, "make_train_step", _counting_train_step)
-    previous = jax.config.read("jax_disable_most_optimizations")
-    jax.config.update("jax_disable_most_optimizations", True)  # the state init compiles faster
-    yield tiny_config
-    jax.config.update("jax_disable_most_optimizations", previous)
+    with optimisations_off():  # the state init compiles faster
+        yield tiny_config
 
 
 @pytest.fixture

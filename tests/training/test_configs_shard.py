@@ -32,14 +32,9 @@ from training.experiment import build_experiment
 MESHES = {"data": (8, 1), "fsdp": (1, 8)}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _fast_compiles():
-    """What is checked here (the step compiles sharded, runs, splits the state) does not depend on
-    XLA's optimisation passes, which are most of each full-size compile's time."""
-    previous = jax.config.read("jax_disable_most_optimizations")
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", previous)
+# What is checked here (the step compiles sharded, runs, splits the state) does not depend on
+# XLA's optimisation passes, which are most of each full-size compile's time: skip them.
+pytestmark = pytest.mark.usefixtures("fast_compiles")
 
 
 def _host_batch(experiment, batch_size):

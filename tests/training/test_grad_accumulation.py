@@ -17,14 +17,8 @@ from training import loop
 from training.train_state import create_train_state
 from training.train_step import micro_batches
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _fast_compiles():
-    """Gradients and buffer sizes checked here do not depend on XLA's optimisation passes."""
-    previous = jax.config.read("jax_disable_most_optimizations")
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", previous)
+# Gradients and buffer sizes checked here do not depend on XLA's optimisation passes: skip them.
+pytestmark = pytest.mark.usefixtures("fast_compiles")
 
 
 def _config(tiny_config, steps: int, batch_size: int = 32):

@@ -20,14 +20,8 @@ from models.functional import FunctionalModel
 from training import loop
 from training.experiment import build_experiment
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _fast_compiles():
-    """The dtypes and loss values checked here do not depend on XLA's optimisation passes."""
-    previous = jax.config.read("jax_disable_most_optimizations")
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", previous)
+# The dtypes and loss values checked here do not depend on XLA's optimisation passes: skip them.
+pytestmark = pytest.mark.usefixtures("fast_compiles")
 
 
 def _digits_batch(n: int) -> dict[str, np.ndarray]:

@@ -9,6 +9,10 @@ from configs import digits_ddpm, digits_dit
 from training import loop
 from training.experiment import build_experiment
 
+# Shardings, memory per device, and numbers compared between programs compiled the same way do not
+# depend on XLA's optimisation passes: skip them (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("fast_compiles")
+
 
 def _steps(config, num_steps=2):
     experiment = build_experiment(config)

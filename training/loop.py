@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import functools
-import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import jax
 import ml_collections
@@ -21,10 +20,10 @@ from training import (
     autoencoder_run,
     checkpointing,
     conditioning,
-    images,
     metric_writer,
     nonfinite,
     preemption,
+    sample_grids,
 )
 from training.experiment import Experiment, build_experiment
 from training.run_config import RunConfig
@@ -132,46 +131,6 @@ def experiment_sample_fn(experiment: Experiment, params_sharding):
         latent=experiment.latent,
         init=experiment.sample_init,
     )
-
-
-def write_sample_grid(
-    writer,
-    sample_fn,
-    state: TrainState,
-    step: int,
-    workdir: str,
-    seed: int,
-    rows: int | None,
-    labels: Sequence[str] | None = None,
-):
-    """Samples with the EMA parameters and writes the grid (`images.sample_grid`: cells about
-    64 px, `labels` beside their rows) as PNG and as a TensorBoard image."""
-    start = time.perf_counter()
-    samples = sample_fn(state.ema_params, jax.random.key(seed))
-    picture = images.sample_grid(samples, num_rows=rows, labels=labels)
-    if jax.process_index() == 0:
-        path = os.path.join(workdir, "samples", f"step_{step:08d}.png")
-        images.save_png(picture, path)
-        logging.info("Wrote %s (%.1f s)", path, time.perf_counter() - start)
-    writer.write_images(step, {"samples": picture[None]})
-
-
-def grid_rows(experiment: Experiment) -> int | None:
-    """One grid row per prompt / class for conditional models, originals over reconstructions
-    for autoencoders (None: a square grid)."""
-    if experiment.step_config.autoencoder is not None:
-        return 2
-    conditions = experiment.sample_conditions
-    return None if conditions is None else len(conditions.prompts)
-
-
-def grid_labels(experiment: Experiment) -> tuple[str, ...] | None:
-    """What each row of the grid shows (see grid_rows): its prompt or class, or original /
-    reconstruction for autoencoders; None for an unlabelled square grid."""
-    if experiment.step_config.autoencoder is not None:
-        return ("original", "reconstruction")
-    conditions = experiment.sample_conditions
-    return None if conditions is None else conditions.prompts
 
 
 def flatten_config(config: ml_collections.ConfigDict) -> dict[str, object]:
@@ -362,15 +321,15 @@ class Trainer:
         run = self.run
         if run.sample_every_steps and (step % run.sample_every_steps == 0 or is_last):
             with report.timed("sample"):
-                write_sample_grid(
+                sample_grids.write_sample_grid(
                     self.writer,
                     self.sample_fn,
                     self.state,
                     step,
                     self.workdir,
                     run.seed,
-                    grid_rows(self.experiment),
-                    grid_labels(self.experiment),
+                    sample_grids.grid_rows(self.experiment),
+                    sample_grids.grid_labels(self.experiment),
                 )
         every = run.eval_every_steps or run.sample_every_steps
         if self._evaluate is not None and every and (step % every == 0 or is_last):

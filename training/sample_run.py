@@ -12,7 +12,7 @@ import numpy as np
 from absl import logging
 
 import paths
-from training import checkpointing, images, loop
+from training import checkpointing, images, loop, sample_grids
 from training.experiment import build_experiment
 from training.run_config import RunConfig
 
@@ -70,7 +70,9 @@ def sample_from_checkpoint(
             f"{sampler.name}_{sampler.num_steps}steps{guidance}_step{step:08d}",
         )
         picture = images.sample_grid(
-            samples, num_rows=loop.grid_rows(experiment), labels=loop.grid_labels(experiment)
+            samples,
+            num_rows=sample_grids.grid_rows(experiment),
+            labels=sample_grids.grid_labels(experiment),
         )
         images.save_png(picture, stem + ".png")  # labelled and enlarged; the .npz stays raw
         arrays = {"samples": samples.astype(np.float32)}

@@ -1,5 +1,4 @@
 import os
-import types
 
 import numpy as np
 import pytest
@@ -170,33 +169,6 @@ def test_device_prefetch_feeds_every_step_the_same_batch(fast_loop_config, tmp_p
     for without, with_prefetch in zip(runs[0], runs[2], strict=True):
         np.testing.assert_array_equal(with_prefetch, without)
     assert not np.array_equal(runs[0][0], runs[0][1])  # the batches do differ step to step
-
-
-def test_the_sample_grid_is_one_enlarged_labelled_picture_for_png_and_tensorboard(tmp_path):
-    """Two prompts' rows of ten 8x8 samples: cells of 64 px, the prompts left of their rows, the
-    same picture in the PNG and in TensorBoard; grid_labels names the rows grid_rows makes."""
-    samples = np.random.default_rng(0).uniform(-1, 1, (20, 8, 8, 1)).astype(np.float32)
-    written = []
-    writer = types.SimpleNamespace(write_images=lambda step, images: written.append((step, images)))
-    state = types.SimpleNamespace(ema_params={})
-    loop.write_sample_grid(
-        writer, lambda params, key: samples, state, 5, str(tmp_path), 0, 2, ("3", "7")
-    )
-    png = np.asarray(Image.open(tmp_path / "samples" / "step_00000005.png"))
-    [(step, tensorboard)] = written
-    assert step == 5
-    np.testing.assert_array_equal(tensorboard["samples"][0, ..., 0], png)
-    assert png.shape[0] == 2 * 65 + 1 and png.shape[1] > 10 * 65 + 1  # + the labels' column
-
-    experiment = types.SimpleNamespace(
-        step_config=types.SimpleNamespace(autoencoder=None),
-        sample_conditions=types.SimpleNamespace(prompts=("3", "7")),
-    )
-    assert (loop.grid_rows(experiment), loop.grid_labels(experiment)) == (2, ("3", "7"))
-    experiment.sample_conditions = None
-    assert (loop.grid_rows(experiment), loop.grid_labels(experiment)) == (None, None)
-    experiment.step_config.autoencoder = object()
-    assert loop.grid_labels(experiment) == ("original", "reconstruction")
 
 
 def test_dispatch_waits_for_the_step_max_steps_in_flight_back(

@@ -24,7 +24,8 @@ from training.conditioning import SampleConditions, TextBank
 from training.latent import LatentSpace, load_latent_space
 from training.optimizer import learning_rate_schedule, make_optimizer
 from training.run_config import RunConfig, TextEncoderConfig
-from training.sampling import SampleInit, SamplerConfig, read_sample_init
+from training.sample_init import SampleInit, read_sample_init
+from training.sampling import SamplerConfig
 from training.train_step import FrozenInputs, StepConfig
 
 

@@ -33,6 +33,16 @@ def tiny_config():
     return digits_tiny.get_config()
 
 
+@pytest.fixture
+def smallest_config(tiny_config):
+    """tiny_config with a one-level 8-channel U-Net and no attention: for tests of what goes
+    around the network (loop, checkpoints, compile reports), where only compile time matters."""
+    tiny_config.model.update(
+        base_channels=8, num_groups=4, channel_mult=(1,), attention_resolutions=()
+    )
+    return tiny_config
+
+
 @pytest.fixture(scope="session")
 def tiny_clip_model(tmp_path_factory):
     """(directory, torch CLIPModel): a tiny random CLIPModel with both towers, built once

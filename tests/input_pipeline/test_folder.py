@@ -261,15 +261,14 @@ def test_missing_or_empty_folders_are_config_errors_naming_data_dir(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.usefixtures("fast_compiles")
-def test_a_class_conditioned_run_trains_on_a_folder(tiny_config, tmp_path, monkeypatch):
+def test_a_class_conditioned_run_trains_on_a_folder(smallest_config, tmp_path, monkeypatch):
     from training import loop  # noqa: PLC0415 (JAX and the model only for this test)
 
     for k in range(12):
         _write(tmp_path / "data" / f"class_{k % 3}" / f"{k:02d}.png", k, mode="RGB", size=(20, 14))
-    config = tiny_config
+    config = smallest_config
     config.data.update(name="folder", data_dir=str(tmp_path / "data"), num_classes=3)
     config.conditioning.kind = "class"
-    config.model.update(base_channels=8, num_groups=4, channel_mult=(1,), attention_resolutions=())
     config.update(num_train_steps=3, log_every_steps=1, checkpoint_every_steps=3)
     config.sample_every_steps = 0
     summaries = []

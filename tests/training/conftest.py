@@ -26,15 +26,12 @@ def _counting_train_step(experiment, shardings):
 
 
 @pytest.fixture
-def fast_loop_config(tiny_config, monkeypatch):
-    """tiny_config for loop tests: a one-level U-Net, no sample grids, the counting step."""
-    tiny_config.model.update(
-        base_channels=8, num_groups=4, channel_mult=(1,), attention_resolutions=()
-    )
-    tiny_config.sample_every_steps = 0
+def fast_loop_config(smallest_config, monkeypatch):
+    """smallest_config for loop tests: no sample grids, the counting step."""
+    smallest_config.sample_every_steps = 0
     monkeypatch.setattr(loop, "make_train_step", _counting_train_step)
     with optimisations_off():  # the state init compiles faster
-        yield tiny_config
+        yield smallest_config
 
 
 @pytest.fixture

@@ -96,20 +96,17 @@ def test_tiny_config_on_v5e_2x2_matches_the_hand_count_and_fsdp_quarters_params(
 @pytest.mark.slow
 @needs_libtpu
 def test_a_step_that_cannot_fit_says_by_how_much_and_what_was_tried(
-    tiny_config, tmp_path, monkeypatch, capsys
+    smallest_config, tmp_path, monkeypatch, capsys
 ):
     # A chip of 1 MiB, which the step of a one-level 8-channel U-Net cannot fit (fast to compile).
     # (A config too big for a real 16 GiB chip takes the TPU compiler over 15 minutes on 2 cores.)
     small = dataclasses.replace(tpu_topologies.CHIPS["v5e"], hbm_bytes=2**20)
     monkeypatch.setitem(tpu_topologies.CHIPS, "v5e", small)
-    tiny_config.model.update(
-        base_channels=8, num_groups=4, channel_mult=(1,), attention_resolutions=()
-    )
-    tiny_config.compile.topology = "v5e:2x2"
-    tiny_config.mesh.data, tiny_config.mesh.fsdp = 1, -1
-    tiny_config.model.remat, tiny_config.model.dtype = True, "bfloat16"
+    smallest_config.compile.topology = "v5e:2x2"
+    smallest_config.mesh.data, smallest_config.mesh.fsdp = 1, -1
+    smallest_config.model.remat, smallest_config.model.dtype = True, "bfloat16"
     with pytest.raises(compile_run.DoesNotFitError, match=r"MiB more than the 1 MiB of HBM"):
-        compile_run.compile_for_topology(tiny_config, str(tmp_path))
+        compile_run.compile_for_topology(smallest_config, str(tmp_path))
     report = json.loads((tmp_path / "compile" / "v5e_2x2.json").read_text())
     assert report["fits"] is False
     assert report["per_device_mib"]["peak"] > report["per_device_mib"]["hbm"] == 1

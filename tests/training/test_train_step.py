@@ -85,18 +85,17 @@ def test_sharded_step_on_8_devices_equals_one_device(tiny_config):
 
 @contextlib.contextmanager
 def _smallest_step(config):
-    """(experiment, state, step) of a one-level 8-channel U-Net, compiled with XLA's
+    """(experiment, state, step) of `config` (smallest_config), compiled with XLA's
     optimisations off (fast to build; for tests that compare nothing numerically close)."""
-    config.model.update(base_channels=8, num_groups=4, channel_mult=(1,), attention_resolutions=())
     with optimisations_off():
         experiment = build_experiment(config)
         state, shardings = loop.create_state(experiment, seed=0)
         yield experiment, state, loop.make_train_step(experiment, shardings)
 
 
-def test_nonfinite_batch_skips_the_update_but_advances_the_step(tiny_config):
-    with _smallest_step(tiny_config) as (experiment, state, step):
-        host = _digits_batch(tiny_config.batch_size)
+def test_nonfinite_batch_skips_the_update_but_advances_the_step(smallest_config):
+    with _smallest_step(smallest_config) as (experiment, state, step):
+        host = _digits_batch(smallest_config.batch_size)
         before = jax.device_get(state)  # host copies: the step donates the state's buffers
         state, metrics = step(
             state, sharding.host_batch_to_global(host, experiment.mesh), experiment.frozen
@@ -124,10 +123,10 @@ def test_nonfinite_batch_skips_the_update_but_advances_the_step(tiny_config):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("donate", [True, False], ids=["donated", "kept"])
-def test_donate_state_frees_or_keeps_the_input_state(tiny_config, donate):
+def test_donate_state_frees_or_keeps_the_input_state(smallest_config, donate):
     """training.donate_state: the step reuses the input state's buffers, or leaves them alive."""
-    tiny_config.training.donate_state = donate
-    with _smallest_step(tiny_config) as (experiment, state, step):
+    smallest_config.training.donate_state = donate
+    with _smallest_step(smallest_config) as (experiment, state, step):
         batch = sharding.host_batch_to_global(_digits_batch(16), experiment.mesh)
         new_state, _ = step(state, batch, experiment.frozen)
         jax.block_until_ready(new_state)
@@ -173,15 +172,15 @@ def _distance(a, b) -> float:
     return float(optax.tree.norm(jax.tree.map(jnp.subtract, a, b)))
 
 
-def test_ema_warmup_tracks_the_params_and_resumes_bit_exact(tiny_config):
+def test_ema_warmup_tracks_the_params_and_resumes_bit_exact(smallest_config):
     """Six steps with warm-up leave the EMA near the params (decays 0, 2/11, ..., 6/15), without
     it (0.995 from step 0) near the init; the decay is read from the state's step inside one
     compiled step, so a restart (a freshly jitted step) at step 3 continues bit-exactly."""
     digits = _digits_batch(64)
     batches = [{k: v[8 * i : 8 * i + 16] for k, v in digits.items()} for i in range(6)]
-    tiny_config.optimizer.learning_rate = 1e-3
-    tiny_config.optimizer.ema_warmup = True
-    with _smallest_step(tiny_config) as (experiment, state, step):
+    smallest_config.optimizer.learning_rate = 1e-3
+    smallest_config.optimizer.ema_warmup = True
+    with _smallest_step(smallest_config) as (experiment, state, step):
         init = jax.device_get(state.params)
         fresh, shardings = loop.create_state(experiment, seed=0)
         whole, decays = _run(step, state, experiment, batches)
@@ -195,8 +194,8 @@ def test_ema_warmup_tracks_the_params_and_resumes_bit_exact(tiny_config):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     assert _distance(whole.ema_params, whole.params) < 0.5 * _distance(whole.params, init)
 
-    tiny_config.optimizer.ema_warmup = False
-    with _smallest_step(tiny_config) as (experiment, state, step):
+    smallest_config.optimizer.ema_warmup = False
+    with _smallest_step(smallest_config) as (experiment, state, step):
         plain, decays = _run(step, state, experiment, batches)
     np.testing.assert_allclose(decays, [0.995] * 6, rtol=1e-6)
     assert _distance(plain.ema_params, init) < 0.05 * _distance(plain.params, init)
